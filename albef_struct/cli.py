@@ -1,0 +1,48 @@
+"""The ``albef-struct`` command: LightningCLI (fit/validate/test/predict) plus extra subcommands."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+import pytorch_lightning as pl
+from pytorch_lightning.cli import LightningCLI
+
+# Subcommands that are not Trainer methods: name -> (module path, function taking argv).
+EXTRA_COMMANDS: dict[str, tuple[str, str, str]] = {}
+
+
+class ALBEFCLI(LightningCLI):
+    """LightningCLI with the model and data chosen by class path in YAML."""
+
+
+def _run_extra(name: str, argv: Sequence[str]) -> int:
+    module_name, function_name, _ = EXTRA_COMMANDS[name]
+    module = __import__(module_name, fromlist=[function_name])
+    function: Callable[[Sequence[str]], int] = getattr(module, function_name)
+    return function(list(argv))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in EXTRA_COMMANDS:
+        return _run_extra(args[0], args[1:])
+    if args and args[0] in ("-h", "--help") and EXTRA_COMMANDS:
+        extra = ", ".join(f"{n} ({d})" for n, (_, _, d) in EXTRA_COMMANDS.items())
+        print(f"extra subcommands: {extra}\n")
+    ALBEFCLI(
+        pl.LightningModule,
+        pl.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=42,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        args=args,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

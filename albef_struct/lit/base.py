@@ -1,0 +1,86 @@
+"""The LightningModule base every task shares: optimizer groups, schedule, alpha ramp, logging."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from albef_struct.lit.schedule import OptimConfig, WarmupCosine, ramped_alpha
+
+
+def decay_groups(named_params: Iterator[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
+    """ALBEF's two AdamW groups: no decay for 1-D tensors and biases, decay for the rest.
+
+    0-D parameters (the temperature) decay, as in ALBEF. Frozen parameters
+    (momentum copies) are left out.
+    """
+    decay, no_decay = [], []
+    for name, param in named_params:
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim == 1 or name.endswith(".bias") else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+class ALBEFLitBase(pl.LightningModule):
+    """Owns the optimizer, the warm-up + cosine schedule and the distillation-alpha ramp.
+
+    Subclasses build their model in ``__init__`` and implement the steps; they
+    call :meth:`log_losses` with a dict of loss terms.
+    """
+
+    def __init__(self, optim: OptimConfig | None = None, alpha: float = 0.4, alpha_warmup: bool = True) -> None:
+        super().__init__()
+        self.optim = optim or OptimConfig()
+        self.alpha = alpha
+        self.alpha_warmup = alpha_warmup
+
+    # --- schedule --------------------------------------------------------------
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one training epoch (1 before a trainer is attached)."""
+        trainer = self._trainer
+        if trainer is None:
+            return 1
+        batches = trainer.num_training_batches
+        if not math.isfinite(batches) or batches <= 0:
+            epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
+            return max(1, int(trainer.estimated_stepping_batches) // epochs)
+        return max(1, math.ceil(batches / trainer.accumulate_grad_batches))
+
+    def current_alpha(self) -> float:
+        """Distillation weight at the current optimizer step."""
+        return ramped_alpha(self.alpha, self.global_step, self.steps_per_epoch, self.alpha_warmup)
+
+    def configure_optimizers(self):
+        groups = decay_groups(self.named_parameters(), self.optim.weight_decay)
+        kwargs = {"lr": self.optim.lr, "betas": tuple(self.optim.betas), "eps": self.optim.eps}
+        if self.optim.fused is not None:
+            kwargs["fused"] = self.optim.fused
+        optimizer = torch.optim.AdamW(groups, **kwargs)
+        total = int(self.trainer.estimated_stepping_batches)
+        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+        schedule = WarmupCosine(self.optim, total, self.steps_per_epoch, epochs)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --- logging -------------------------------------------------------------------
+    def log_losses(self, stage: str, losses: Mapping[str, torch.Tensor], batch_size: int) -> None:
+        """Log every loss term as ``<stage>/<name>``; ``loss`` also on the progress bar."""
+        for name, value in losses.items():
+            self.log(
+                f"{stage}/{name}",
+                value.detach() if isinstance(value, torch.Tensor) else value,
+                prog_bar=name == "loss",
+                on_step=stage == "train",
+                on_epoch=stage != "train",
+                batch_size=batch_size,
+                sync_dist=stage != "train",
+            )

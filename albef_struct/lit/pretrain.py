@@ -1,0 +1,180 @@
+"""ALBEF pretraining: ITC (queue + momentum distillation) + ITM (hard negatives) + MLM."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from albef_struct.lit.base import ALBEFLitBase
+from albef_struct.lit.checkpoints import load_weights
+from albef_struct.lit.retrieval_eval import RetrievalEvalMixin
+from albef_struct.lit.schedule import OptimConfig
+from albef_struct.losses import (
+    ContrastiveInputs,
+    build_contrastive_loss,
+    itm_loss,
+    mask_tokens,
+    mlm_distill_loss,
+    sample_hard_negatives,
+)
+from albef_struct.models import ALBEF, ALBEFConfig, FeatureQueue, MomentumTeacher
+from albef_struct.models.albef import Encoded
+from albef_struct.losses.mlm import IGNORE_INDEX
+from albef_struct.models.hf_init import init_text_from_hf
+
+# ALBEF's teachers copy the encoders, projections and MLM head, not the ITM head or temperature.
+TEACHER_EXCLUDES = ("itm_head", "temp")
+
+
+class PretrainModule(RetrievalEvalMixin, ALBEFLitBase):
+    """Pretrains an ALBEF model; validation/test run zero-shot retrieval on held-out pairs.
+
+    Args:
+        arch: model architecture (ALBEF-base by default).
+        optim: AdamW + warm-up/cosine settings.
+        queue_size: momentum-feature queue length (ALBEF: 65536).
+        momentum: EMA coefficient of the teacher (ALBEF: 0.995).
+        alpha: distillation weight; ramped from 0 over epoch 0 when ``alpha_warmup``.
+        mlm_probability: fraction of tokens masked for MLM.
+        contrastive: contrastive-loss name (``infonce_queue`` = ALBEF's ITC).
+        itm_single_fusion_call: run positive and hard-negative ITM pairs through
+            the fusion encoder in one call (same numbers, fewer kernel launches).
+        mlm_masked_positions_only: project only masked tokens onto the vocabulary
+            (same loss; the full projection dominates a small model's step).
+        text_init: HF BERT directory/name to initialise text, fusion and MLM weights.
+        init_from: a checkpoint of this project whose weights to start from.
+        k_test: candidates per query re-ranked by ITM in retrieval evaluation.
+        rerank_batch_size: image-text pairs per fusion call when re-ranking.
+    """
+
+    def __init__(
+        self,
+        arch: ALBEFConfig | None = None,
+        optim: OptimConfig | None = None,
+        queue_size: int = 65536,
+        momentum: float = 0.995,
+        alpha: float = 0.4,
+        alpha_warmup: bool = True,
+        mlm_probability: float = 0.15,
+        contrastive: str = "infonce_queue",
+        itm_single_fusion_call: bool = True,
+        mlm_masked_positions_only: bool = True,
+        text_init: str | None = None,
+        init_from: str | None = None,
+        k_test: int = 256,
+        rerank_batch_size: int = 128,
+    ) -> None:
+        arch = ALBEFConfig.from_dict(arch or ALBEFConfig(mlm_head=True))
+        optim = OptimConfig(**optim) if isinstance(optim, dict) else optim
+        super().__init__(optim=optim, alpha=alpha, alpha_warmup=alpha_warmup)
+        if not (arch.projections and arch.itm_head and arch.mlm_head):
+            raise ValueError("pretraining needs arch.projections, arch.itm_head and arch.mlm_head set to true")
+        self.save_hyperparameters(ignore=["arch", "optim"])
+        self.hparams["arch"] = arch.to_dict()
+        self.hparams["optim"] = asdict(self.optim)
+
+        self.model = ALBEF(arch)
+        if text_init:
+            init_text_from_hf(self.model, text_init)
+        self.teacher = MomentumTeacher(self.model, momentum, exclude=TEACHER_EXCLUDES)
+        self.contrastive = build_contrastive_loss(contrastive)
+        self.queue = FeatureQueue(arch.embed_dim, queue_size)
+        self.mlm_probability = mlm_probability
+        self.itm_single_fusion_call = itm_single_fusion_call
+        self.mlm_masked_positions_only = mlm_masked_positions_only
+        self.k_test = k_test
+        self.rerank_batch_size = rerank_batch_size
+        if init_from:
+            load_weights(self, init_from)
+
+    # --- training -----------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        losses = self.pretrain_losses(batch, alpha=self.current_alpha())
+        self.log_losses("train", losses, batch_size=batch["image"].shape[0])
+        self.log("train/alpha", self.current_alpha(), on_step=True, on_epoch=False)
+        self.log("train/temp", self.model.temp.detach(), on_step=True, on_epoch=False)
+        return losses["loss"]
+
+    def pretrain_losses(self, batch: dict[str, Any], alpha: float) -> dict[str, torch.Tensor]:
+        """All pretraining loss terms for one batch (and the teacher/queue updates ALBEF does)."""
+        model, teacher = self.model, self.teacher.model
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        model.clamp_temperature()
+        image = model.encode_image(batch["image"])
+        text = model.encode_text(ids, mask)
+        with torch.no_grad():
+            self.teacher.update(model)
+            image_m = teacher.encode_image(batch["image"])
+            text_m = teacher.encode_text(ids, mask)
+
+        itc = self.contrastive(
+            ContrastiveInputs(
+                image_feat=image.feat,
+                text_feat=text.feat,
+                temp=model.temp,
+                image_feat_m=image_m.feat,
+                text_feat_m=text_m.feat,
+                image_queue=self.queue.image_feats if self.contrastive.uses_queue else None,
+                text_queue=self.queue.text_feats if self.contrastive.uses_queue else None,
+                alpha=alpha,
+                sample_index=batch.get("index"),
+            )
+        )
+        if self.contrastive.uses_queue:
+            self.enqueue(image_m.feat, text_m.feat)
+        loss_itm = self.itm(image, text, mask, itc.sim_i2t, itc.sim_t2i)
+        loss_mlm = self.mlm(ids, mask, image, image_m, alpha)
+        losses = {"itc": itc.loss, "itm": loss_itm, "mlm": loss_mlm, **itc.logs}
+        losses["loss"] = itc.loss + loss_itm + loss_mlm
+        return losses
+
+    @torch.no_grad()
+    def enqueue(self, image_feat_m: torch.Tensor, text_feat_m: torch.Tensor) -> None:
+        """Push the momentum features of the global batch (all ranks) into the queue."""
+        if self._trainer is not None and self.trainer.world_size > 1:
+            image_feat_m = self.all_gather(image_feat_m).flatten(0, 1)
+            text_feat_m = self.all_gather(text_feat_m).flatten(0, 1)
+        self.queue.enqueue(image_feat_m, text_feat_m)
+
+    def itm(
+        self,
+        image: Encoded,
+        text: Encoded,
+        mask: torch.Tensor,
+        sim_i2t: torch.Tensor,
+        sim_t2i: torch.Tensor,
+        image_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """ITM over B matched pairs and 2B hard-negative pairs drawn from the ITC logits."""
+        neg_text, neg_image = sample_hard_negatives(sim_i2t, sim_t2i, image_ids)
+        batch = mask.shape[0]
+        texts = torch.cat([text.embeds, text.embeds, text.embeds[neg_text]])
+        masks = torch.cat([mask, mask, mask[neg_text]])
+        images = torch.cat([image.embeds, image.embeds[neg_image], image.embeds])
+        if self.itm_single_fusion_call:
+            logits = self.model.itm_logits(self.model.fuse(texts, masks, images))
+        else:  # ALBEF's two calls: matched pairs, then both kinds of negatives
+            positive = self.model.itm_logits(self.model.fuse(texts[:batch], masks[:batch], images[:batch]))
+            negative = self.model.itm_logits(self.model.fuse(texts[batch:], masks[batch:], images[batch:]))
+            logits = torch.cat([positive, negative])
+        return itm_loss(logits[:batch], logits[batch:])
+
+    def mlm(
+        self, ids: torch.Tensor, mask: torch.Tensor, image: Encoded, image_m: Encoded, alpha: float
+    ) -> torch.Tensor:
+        """Masked-token loss distilled from the teacher's predictions on the same masked text."""
+        text_cfg = self.model.config.text
+        masked, labels = mask_tokens(
+            ids,
+            vocab_size=text_cfg.vocab_size,
+            mask_token_id=text_cfg.mask_token_id,
+            protected_ids=(text_cfg.pad_token_id, text_cfg.cls_token_id),
+            probability=self.mlm_probability,
+        )
+        positions = labels != IGNORE_INDEX if self.mlm_masked_positions_only else None
+        with torch.no_grad():
+            teacher_logits = self.teacher.model.mlm_logits(masked, mask, image_m.embeds, positions)
+        logits = self.model.mlm_logits(masked, mask, image.embeds, positions)
+        return mlm_distill_loss(logits, labels if positions is None else labels[positions], teacher_logits, alpha)

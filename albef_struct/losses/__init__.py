@@ -1,0 +1,26 @@
+"""Pretraining and task losses as small, pure modules and functions."""
+
+from albef_struct.losses.contrastive import (
+    CONTRASTIVE_LOSSES,
+    ContrastiveInputs,
+    ContrastiveLoss,
+    ContrastiveOutput,
+    InfoNCEQueueLoss,
+    build_contrastive_loss,
+)
+from albef_struct.losses.matching import itm_loss, sample_hard_negatives
+from albef_struct.losses.mlm import mask_tokens, mlm_distill_loss, soft_cross_entropy
+
+__all__ = [
+    "CONTRASTIVE_LOSSES",
+    "ContrastiveInputs",
+    "ContrastiveLoss",
+    "ContrastiveOutput",
+    "InfoNCEQueueLoss",
+    "build_contrastive_loss",
+    "itm_loss",
+    "mask_tokens",
+    "mlm_distill_loss",
+    "sample_hard_negatives",
+    "soft_cross_entropy",
+]

@@ -1,0 +1,188 @@
+"""The ALBEF core: image encoder, text encoder, fusion encoder and the heads a task needs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from albef_struct.models.text import (
+    AnswerDecoder,
+    FusionEncoder,
+    MLMHead,
+    TextConfig,
+    TextEncoder,
+    apply_to_stacks,
+    set_bert_attention,
+)
+from albef_struct.models.vision import ImageEncoder, VisionConfig
+
+TEMP_MIN, TEMP_MAX = 0.001, 0.5
+
+
+@dataclass
+class ALBEFConfig:
+    """Architecture of one ALBEF model; the defaults are ALBEF-base (ViT-B/16 @256 + BERT-base).
+
+    The head flags choose what a task builds: pretraining uses projections, ITM
+    and MLM; retrieval projections and ITM; VQA the answer decoder; VE and NLVR2
+    none of them (their classifier lives in the task). ``fusion_streams=2`` is
+    NLVR2's paired fusion encoder.
+    """
+
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    embed_dim: int = 256
+    temp: float = 0.07
+    projections: bool = True
+    itm_head: bool = True
+    mlm_head: bool = False
+    answer_decoder_layers: int = 0
+    fusion_streams: int = 1
+    attention: str = "sdpa"
+    grad_checkpointing: bool = False
+
+    @classmethod
+    def from_dict(cls, values: "ALBEFConfig | dict[str, Any]") -> "ALBEFConfig":
+        """Build from a (possibly nested) dict, e.g. a checkpoint's hyper-parameters."""
+        if isinstance(values, cls):
+            return values
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown model config key(s) {unknown}; valid keys: {sorted(known)}")
+        values = dict(values)
+        if isinstance(values.get("vision"), dict):
+            values["vision"] = VisionConfig(**values["vision"])
+        if isinstance(values.get("text"), dict):
+            values["text"] = TextConfig(**values["text"])
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Encoded(NamedTuple):
+    """All tokens of one modality and, when projections exist, the normalised [CLS] feature."""
+
+    embeds: torch.Tensor
+    feat: torch.Tensor | None
+
+
+class ALBEF(nn.Module):
+    """Image, text and fusion encoders plus optional projections, ITM, MLM and answer heads.
+
+    Attribute names are stable: they are the state-dict prefixes the checkpoint
+    converter maps ALBEF's official keys onto.
+    """
+
+    def __init__(self, config: ALBEFConfig) -> None:
+        super().__init__()
+        self.config = config
+        bert = config.text.bert_config(config.attention)
+        self.visual_encoder = ImageEncoder(config.vision)
+        self.text_encoder = TextEncoder(bert, config.text.fusion_layer)
+        self.fusion_encoder = FusionEncoder(
+            bert, config.text.fusion_layers, config.vision.width, streams=config.fusion_streams
+        )
+        if config.projections:
+            self.vision_proj = nn.Linear(config.vision.width, config.embed_dim)
+            self.text_proj = nn.Linear(config.text.hidden, config.embed_dim)
+            self.temp = nn.Parameter(torch.tensor(float(config.temp)))
+        if config.itm_head:
+            self.itm_head = nn.Linear(config.text.hidden, 2)
+        if config.mlm_head:
+            self.mlm_head = MLMHead(bert, self.text_encoder.embeddings.word_embeddings)
+        if config.answer_decoder_layers:
+            self.answer_decoder = AnswerDecoder(bert, config.answer_decoder_layers, config.text.hidden)
+        self._init_bert_weights(config.text)
+        self.set_attention(config.attention)
+        self.set_grad_checkpointing(config.grad_checkpointing)
+
+    # --- configuration switches -------------------------------------------------
+    def set_attention(self, implementation: str) -> None:
+        """``"sdpa"`` (fused kernels) or ``"eager"`` attention everywhere."""
+        self.visual_encoder.set_attention(implementation)
+        set_bert_attention(self, implementation)
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute ViT blocks and BERT layers in the backward pass to save memory."""
+        self.visual_encoder.set_grad_checkpointing(enabled)
+
+        def toggle(stack: nn.Module) -> None:
+            stack.grad_checkpointing = enabled
+
+        apply_to_stacks(self, toggle)
+
+    # --- encoders --------------------------------------------------------------------
+    def encode_image(self, images: torch.Tensor) -> Encoded:
+        embeds = self.visual_encoder(images)
+        feat = F.normalize(self.vision_proj(embeds[:, 0]), dim=-1) if self.config.projections else None
+        return Encoded(embeds, feat)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
+        embeds = self.text_encoder(input_ids, attention_mask)
+        feat = F.normalize(self.text_proj(embeds[:, 0]), dim=-1) if self.config.projections else None
+        return Encoded(embeds, feat)
+
+    def fuse(
+        self,
+        text_embeds: torch.Tensor,
+        text_mask: torch.Tensor,
+        image_embeds: torch.Tensor | list[torch.Tensor],
+        image_mask: torch.Tensor | list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Fusion-encoder hidden states for text attending image tokens."""
+        return self.fusion_encoder(text_embeds, text_mask, image_embeds, image_mask)
+
+    def itm_logits(self, fused: torch.Tensor) -> torch.Tensor:
+        """Match / no-match logits from the fused [CLS]; class 1 means "match"."""
+        return self.itm_head(fused[:, 0])
+
+    def mlm_logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_embeds: torch.Tensor,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """MLM logits of all text + fusion layers on ``input_ids`` attending the image.
+
+        ``[B, L, vocab]``; or ``[n, vocab]`` for the ``n`` True entries of the
+        ``[B, L]`` bool mask ``positions`` (the vocabulary projection dominates the
+        cost of a small model, and only masked tokens enter the loss).
+        """
+        text_embeds = self.text_encoder(input_ids, attention_mask)
+        hidden = self.fuse(text_embeds, attention_mask, image_embeds)
+        if positions is not None:
+            hidden = hidden[positions]
+        return self.mlm_head(hidden)
+
+    @torch.no_grad()
+    def clamp_temperature(self) -> None:
+        """Clamp the learnable temperature to ALBEF's [0.001, 0.5] in place."""
+        self.temp.clamp_(TEMP_MIN, TEMP_MAX)
+
+    # --- initialisation -----------------------------------------------------------------
+    def _init_bert_weights(self, text: TextConfig, std: float = 0.02) -> None:
+        """BERT's initialisation (normal(0, 0.02), zero bias, unit LayerNorm) for the text side."""
+        bert_modules = [self.text_encoder, self.fusion_encoder]
+        for name in ("mlm_head", "answer_decoder"):
+            if hasattr(self, name):
+                bert_modules.append(getattr(self, name))
+        for root in bert_modules:
+            for module in root.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.normal_(module.weight, std=std)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
+                elif isinstance(module, nn.Embedding):
+                    nn.init.normal_(module.weight, std=std)
+                    if module.padding_idx is not None:
+                        module.weight.data[module.padding_idx].zero_()
+                elif isinstance(module, nn.LayerNorm):
+                    nn.init.ones_(module.weight)
+                    nn.init.zeros_(module.bias)

@@ -1,0 +1,264 @@
+"""BERT text encoder, cross-attention fusion encoder, MLM head and answer decoder.
+
+Built from transformers' BERT blocks so parameter names match ALBEF's
+(``encoder.layer.N.attention.self.query.weight``, ``...crossattention...``). The
+fusion and decoder layers are composed here because transformers 5.x only allows
+cross-attention in causal decoder layers, while ALBEF's fusion encoder is
+bidirectional.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers import BertConfig
+from transformers.models.bert.modeling_bert import (
+    BertAttention,
+    BertCrossAttention,
+    BertEmbeddings,
+    BertIntermediate,
+    BertLayer,
+    BertOutput,
+    BertPredictionHeadTransform,
+    BertSelfAttention,
+)
+
+# ALBEF's additive mask value for padded positions (exp(-1e4) underflows to 0 in fp32).
+MASK_VALUE = -10000.0
+
+
+@dataclass
+class TextConfig:
+    """Sizes of the BERT text + fusion stack (ALBEF-base: BERT-base, fusion from layer 6).
+
+    ``layers`` counts text and fusion layers together, as in ALBEF's
+    ``config_bert.json``; the first ``fusion_layer`` layers form the text encoder.
+    """
+
+    vocab_size: int = 30522
+    hidden: int = 768
+    layers: int = 12
+    fusion_layer: int = 6
+    heads: int = 12
+    intermediate: int = 3072
+    max_position: int = 512
+    type_vocab_size: int = 2
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    hidden_act: str = "gelu"
+    pad_token_id: int = 0
+    cls_token_id: int = 101
+    sep_token_id: int = 102
+    mask_token_id: int = 103
+
+    @property
+    def fusion_layers(self) -> int:
+        return self.layers - self.fusion_layer
+
+    def bert_config(self, attention: str = "sdpa") -> BertConfig:
+        """The equivalent transformers ``BertConfig``."""
+        config = BertConfig(
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden,
+            num_hidden_layers=self.layers,
+            num_attention_heads=self.heads,
+            intermediate_size=self.intermediate,
+            max_position_embeddings=self.max_position,
+            type_vocab_size=self.type_vocab_size,
+            hidden_dropout_prob=self.hidden_dropout,
+            attention_probs_dropout_prob=self.attention_dropout,
+            layer_norm_eps=self.layer_norm_eps,
+            hidden_act=self.hidden_act,
+            pad_token_id=self.pad_token_id,
+        )
+        config._attn_implementation = attention
+        return config
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype, causal: bool = False) -> torch.Tensor:
+    """``[B, L]`` 1/0 padding mask -> ``[B, 1, 1|L, L]`` additive attention mask."""
+    keep = mask[:, None, None, :].to(torch.bool)
+    if causal:
+        length = mask.shape[1]
+        lower = torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()
+        keep = keep & lower[None, None]
+    zeros = torch.zeros((), dtype=dtype, device=mask.device)
+    return torch.where(keep, zeros, torch.tensor(MASK_VALUE, dtype=dtype, device=mask.device))
+
+
+class _LayerStack(nn.Module):
+    """A ``layer`` ModuleList with optional activation checkpointing."""
+
+    layer: nn.ModuleList
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grad_checkpointing = False
+
+    def _run(self, layer: nn.Module, *args: torch.Tensor | None) -> torch.Tensor:
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(layer, *args, use_reentrant=False)
+        return layer(*args)
+
+
+class TextEncoder(_LayerStack):
+    """BERT embeddings + the first ``fusion_layer`` self-attention layers (ALBEF ``mode='text'``)."""
+
+    def __init__(self, config: BertConfig, num_layers: int) -> None:
+        super().__init__()
+        self.embeddings = BertEmbeddings(config)
+        self.layer = nn.ModuleList(BertLayer(config, layer_idx=i) for i in range(num_layers))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.embeddings(input_ids=input_ids)
+        mask = additive_mask(attention_mask, hidden.dtype)
+        for layer in self.layer:
+            hidden = self._run(layer, hidden, mask)
+        return hidden
+
+
+class FusionLayer(nn.Module):
+    """Self-attention, cross-attention to another stream, then the FFN (post-LN, as BERT)."""
+
+    def __init__(self, config: BertConfig, encoder_width: int, causal: bool = False) -> None:
+        super().__init__()
+        self.attention = BertAttention(config, is_causal=causal)
+        self.crossattention = BertAttention(config, is_cross_attention=True)
+        if encoder_width != config.hidden_size:
+            cross = self.crossattention.self
+            cross.key = nn.Linear(encoder_width, cross.all_head_size)
+            cross.value = nn.Linear(encoder_width, cross.all_head_size)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor,
+        encoder_hidden: torch.Tensor,
+        encoder_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        hidden = self.attention(hidden, attention_mask)[0]
+        hidden = self.crossattention(
+            hidden, encoder_hidden_states=encoder_hidden, encoder_attention_mask=encoder_mask
+        )[0]
+        return self.output(self.intermediate(hidden), hidden)
+
+
+class FusionEncoder(_LayerStack):
+    """The cross-attention layers of ALBEF (``mode='fusion'``).
+
+    With ``streams > 1`` every pretrained layer is duplicated into a group of
+    ``streams`` layers; layer ``i`` attends ``encoder_hidden[i % streams]`` and
+    the cross-attention key/value projections are shared inside each group
+    (ALBEF's NLVR2 architecture).
+    """
+
+    def __init__(self, config: BertConfig, num_layers: int, encoder_width: int, streams: int = 1) -> None:
+        super().__init__()
+        self.streams = streams
+        self.layer = nn.ModuleList(
+            FusionLayer(config, encoder_width) for _ in range(num_layers * streams)
+        )
+        if streams > 1:
+            self.tie_cross_attention_kv()
+
+    def tie_cross_attention_kv(self) -> None:
+        """Make every layer of a group use its first member's key/value projections."""
+        for start in range(0, len(self.layer), self.streams):
+            first = self.layer[start].crossattention.self
+            for offset in range(1, self.streams):
+                other = self.layer[start + offset].crossattention.self
+                other.key = first.key
+                other.value = first.value
+
+    def forward(
+        self,
+        text_embeds: torch.Tensor,
+        text_mask: torch.Tensor,
+        image_embeds: torch.Tensor | Sequence[torch.Tensor],
+        image_mask: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        images = [image_embeds] if isinstance(image_embeds, torch.Tensor) else list(image_embeds)
+        if len(images) != self.streams:
+            raise ValueError(f"fusion encoder expects {self.streams} image stream(s), got {len(images)}")
+        masks = _stream_masks(image_mask, images, text_embeds.dtype)
+        mask = additive_mask(text_mask, text_embeds.dtype)
+        hidden = text_embeds
+        for i, layer in enumerate(self.layer):
+            stream = i % self.streams
+            hidden = self._run(layer, hidden, mask, images[stream], masks[stream])
+        return hidden
+
+
+def _stream_masks(
+    image_mask: torch.Tensor | Sequence[torch.Tensor] | None,
+    images: list[torch.Tensor],
+    dtype: torch.dtype,
+) -> list[torch.Tensor | None]:
+    if image_mask is None:
+        return [None] * len(images)  # every image token is attended
+    masks = [image_mask] if isinstance(image_mask, torch.Tensor) else list(image_mask)
+    return [additive_mask(m, dtype) for m in masks]
+
+
+class MLMHead(nn.Module):
+    """BERT's LM prediction head; the decoder weight is tied to the word embeddings."""
+
+    def __init__(self, config: BertConfig, word_embeddings: nn.Embedding) -> None:
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        self.decoder.weight = word_embeddings.weight
+        nn.init.zeros_(self.decoder.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.transform(hidden))
+
+
+class AnswerDecoder(_LayerStack):
+    """Causal BERT decoder with cross-attention to encoder states and a tied LM head (ALBEF VQA)."""
+
+    def __init__(self, config: BertConfig, num_layers: int, encoder_width: int) -> None:
+        super().__init__()
+        self.embeddings = BertEmbeddings(config)
+        self.layer = nn.ModuleList(
+            FusionLayer(config, encoder_width, causal=True) for _ in range(num_layers)
+        )
+        self.head = MLMHead(config, self.embeddings.word_embeddings)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        encoder_hidden: torch.Tensor,
+        encoder_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Next-token logits ``[B, L, vocab]`` for every position."""
+        hidden = self.embeddings(input_ids=input_ids)
+        mask = additive_mask(attention_mask, hidden.dtype, causal=True)
+        cross_mask = additive_mask(encoder_mask, hidden.dtype)
+        for layer in self.layer:
+            hidden = self._run(layer, hidden, mask, encoder_hidden, cross_mask)
+        return self.head(hidden)
+
+
+def set_bert_attention(module: nn.Module, implementation: str) -> None:
+    """Switch every BERT attention block under ``module`` to ``"sdpa"`` or ``"eager"``."""
+    if implementation not in ("sdpa", "eager"):
+        raise ValueError(f"attention must be 'sdpa' or 'eager', got {implementation!r}")
+    for sub in module.modules():
+        if isinstance(sub, (BertSelfAttention, BertCrossAttention)):
+            sub.config._attn_implementation = implementation
+
+
+def apply_to_stacks(module: nn.Module, fn: Callable[[_LayerStack], None]) -> None:
+    """Call ``fn`` on every text/fusion/decoder layer stack under ``module``."""
+    for sub in module.modules():
+        if isinstance(sub, _LayerStack):
+            fn(sub)

@@ -1,0 +1,72 @@
+"""Shared test fixtures: tiny model configurations, the ALBEF parity fixture, offline mode."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)  # one thread per xdist worker: no oversubscription on 2 cores
+
+from albef_struct.models import ALBEFConfig, TextConfig, VisionConfig  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+PARITY_DIR = SHARED / "fixtures" / "albef_parity" / "A"
+KEYS_FILE = SHARED / "fixtures" / "albef_keys" / "pretrain_keys.json"
+
+
+def tiny_config(**overrides) -> ALBEFConfig:
+    """A few-thousand-parameter ALBEF (plus the real 30522-token vocabulary) for unit tests."""
+    values = dict(
+        vision=VisionConfig(img_size=32, patch_size=16, width=32, depth=1, heads=2),
+        text=TextConfig(hidden=32, layers=2, fusion_layer=1, heads=2, intermediate=64, max_position=40),
+        embed_dim=16,
+        mlm_head=True,
+    )
+    values.update(overrides)
+    return ALBEFConfig(**values)
+
+
+@pytest.fixture
+def tiny_arch() -> ALBEFConfig:
+    return tiny_config()
+
+
+def parity_config() -> ALBEFConfig:
+    """The architecture of the ALBEF parity fixture A, read from its config.json."""
+    if not PARITY_DIR.is_dir():
+        raise FileNotFoundError(f"parity fixture missing: expected {PARITY_DIR} (../shared beside the repo)")
+    config = json.loads((PARITY_DIR / "config.json").read_text())
+    arch, ids = config["architecture"], config["special_ids"]
+    return ALBEFConfig(
+        vision=VisionConfig(
+            img_size=arch["image_res"], patch_size=16, width=arch["vit_dim"], depth=arch["vit_depth"], heads=arch["vit_heads"]
+        ),
+        text=TextConfig(
+            vocab_size=arch["vocab"],
+            hidden=arch["hidden"],
+            layers=arch["layers"],
+            fusion_layer=arch["fusion"],
+            heads=arch["heads"],
+            intermediate=arch["inter"],
+            max_position=config["bert_config"]["max_position_embeddings"],
+            pad_token_id=ids["PAD"],
+            cls_token_id=ids["CLS"],
+            sep_token_id=ids["SEP"],
+            mask_token_id=ids["MASK"],
+        ),
+        embed_dim=arch["embed"],
+        temp=config["temp_init"],
+        mlm_head=True,
+    )
+
+
+def load_fixture(name: str):
+    return torch.load(PARITY_DIR / name, map_location="cpu", weights_only=True)
