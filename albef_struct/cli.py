@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed_everything_default=42,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
-        args=args,
+        args=None if argv is None else args,
     )
     return 0
 

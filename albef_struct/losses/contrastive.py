@@ -8,6 +8,7 @@ modules select one by name from :data:`CONTRASTIVE_LOSSES`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,24 @@ class ContrastiveInputs:
     image_ids: torch.Tensor | None = None  # [B] image identity, for same-image positives
     queue_ids: torch.Tensor | None = None  # [Q] image identity of queued entries (-100 = empty)
     sample_index: torch.Tensor | None = None  # [B] stable dataset index of each pair
+    # Global-batch candidates for the losses without a queue. Under DDP the module
+    # all-gathers them with gradients; None means "the local batch".
+    image_candidates: torch.Tensor | None = None  # [G, D]
+    text_candidates: torch.Tensor | None = None  # [G, D]
+    positive_index: torch.Tensor | None = None  # [B] column of each anchor's positive in the candidates
+    candidate_sample_index: torch.Tensor | None = None  # [G] dataset index of each candidate
+    # All-gather without gradients (rank-consistent state updates); None on one process.
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def candidates(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(image_candidates, text_candidates, positive_index)``, defaulting to the local batch."""
+        image = self.image_feat if self.image_candidates is None else self.image_candidates
+        text = self.text_feat if self.text_candidates is None else self.text_candidates
+        if self.positive_index is not None:
+            positive = self.positive_index
+        else:
+            positive = torch.arange(self.image_feat.shape[0], device=self.image_feat.device)
+        return image, text, positive
 
 
 @dataclass

@@ -1,0 +1,69 @@
+"""Data: ALBEF-format JSON records → cleaned text, transformed images, tokenized batches, DataModules."""
+
+from .collate import (
+    ClassificationCollate,
+    ImageTextCollate,
+    NLVRCollate,
+    RetrievalImageCollate,
+    RetrievalTextCollate,
+    VECollate,
+    VQATestCollate,
+    VQATrainCollate,
+    is_empty_batch,
+)
+from .datamodules import (
+    ALBEFDataModule,
+    EpochShuffleSampler,
+    NLVRDataModule,
+    PretrainDataModule,
+    RetrievalDataModule,
+    VEDataModule,
+    VQADataModule,
+)
+from .datasets import (
+    NLVRDataset,
+    PretrainDataset,
+    RecordImageDataset,
+    RetrievalEvalDataset,
+    RetrievalTextDataset,
+    RetrievalTrainDataset,
+    VEDataset,
+    VQADataset,
+    vqa_answer_weights,
+)
+from .images import load_image, resolve_image_path, to_rgb
+from .records import (
+    NLVR_LABELS,
+    SCHEMAS,
+    VE_LABELS,
+    BadRecordError,
+    Record,
+    SkipReport,
+    load_answer_list,
+    load_records,
+)
+from .text import pre_caption, pre_question
+from .tokenizer import ALBEFTokenizer, default_tokenizer_path
+from .transforms import (
+    ALBEF_OPS,
+    CLIP_MEAN,
+    CLIP_STD,
+    RandomAugment,
+    apply_op,
+    op_argument,
+    pretrain_transform,
+    test_transform,
+    train_transform,
+)
+
+__all__ = [
+    "ALBEF_OPS", "ALBEFDataModule", "ALBEFTokenizer", "BadRecordError", "CLIP_MEAN", "CLIP_STD",
+    "ClassificationCollate", "EpochShuffleSampler", "ImageTextCollate", "NLVRCollate", "NLVRDataModule",
+    "NLVRDataset", "NLVR_LABELS", "PretrainDataModule", "PretrainDataset", "RandomAugment", "Record",
+    "RecordImageDataset", "RetrievalDataModule", "RetrievalEvalDataset", "RetrievalImageCollate",
+    "RetrievalTextCollate", "RetrievalTextDataset", "RetrievalTrainDataset", "SCHEMAS", "SkipReport",
+    "VECollate", "VEDataModule", "VEDataset", "VE_LABELS", "VQADataModule", "VQADataset", "VQATestCollate",
+    "VQATrainCollate", "apply_op", "default_tokenizer_path", "is_empty_batch", "load_answer_list",
+    "load_image", "load_records", "op_argument", "pre_caption", "pre_question", "pretrain_transform",
+    "resolve_image_path", "test_transform", "to_rgb", "train_transform", "vqa_answer_weights",
+]

@@ -1,0 +1,120 @@
+"""The albef-struct CLI end to end on tiny generated data: fit 2 steps, test, resume, print_config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from albef_struct.cli import main
+from data_prep.demo_data import generate
+
+pytestmark = pytest.mark.slow
+
+TINY_MODEL = {
+    "class_path": "albef_struct.lit.PretrainModule",
+    "init_args": {
+        "arch": {
+            "vision": {"img_size": 32, "patch_size": 16, "width": 32, "depth": 1, "heads": 2},
+            "text": {"hidden": 32, "layers": 2, "fusion_layer": 1, "heads": 2, "intermediate": 64, "max_position": 64},
+            "embed_dim": 16,
+            "mlm_head": True,
+        },
+        "optim": {"lr": 1e-3, "warmup_steps": 1, "cosine": "step"},
+        "queue_size": 64,
+        "k_test": 4,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    generate(out, seed=0, image_size=64, n_train=48, n_val=8, n_test=8)
+    return out
+
+
+def write_config(tmp_path: Path, demo_dir: Path) -> Path:
+    config = {
+        "seed_everything": 7,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": 2,
+            "limit_val_batches": 1.0,
+            "num_sanity_val_steps": 0,
+            "enable_progress_bar": False,
+            "default_root_dir": str(tmp_path / "run"),
+            "callbacks": [
+                {"class_path": "pytorch_lightning.callbacks.ModelCheckpoint", "init_args": {"save_last": True}}
+            ],
+        },
+        "model": TINY_MODEL,
+        "data": {
+            "class_path": "albef_struct.data.PretrainDataModule",
+            "init_args": {
+                "train_files": [str(demo_dir / "pretrain.json")],
+                "val_file": str(demo_dir / "retrieval_val.json"),
+                "test_file": str(demo_dir / "retrieval_test.json"),
+                "image_root": str(demo_dir),
+                "image_res": 32,
+                "batch_size": 16,
+                "eval_batch_size": 8,
+                "num_workers": 0,
+                "hflip": False,
+            },
+        },
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def last_checkpoint(tmp_path: Path) -> Path:
+    found = sorted((tmp_path / "run").rglob("last.ckpt"))
+    assert found, "fit wrote no last.ckpt"
+    return found[-1]
+
+
+def test_fit_two_steps_then_test_prints_and_writes_retrieval_metrics(tmp_path, demo_dir, capsys):
+    config = write_config(tmp_path, demo_dir)
+    assert main(["fit", "--config", str(config)]) == 0
+    ckpt = last_checkpoint(tmp_path)
+    payload = torch.load(ckpt, map_location="cpu", weights_only=True)  # our checkpoints need no unpickling
+    assert payload["global_step"] == 2
+    assert int(payload["state_dict"]["queue.ptr"]) == 32  # two batches of 16 enqueued
+    assert main(["test", "--config", str(config), "--ckpt_path", str(ckpt)]) == 0
+    out = capsys.readouterr().out
+    assert "text->image" in out and "chance" in out
+    results = sorted((tmp_path / "run").rglob("retrieval_test.json"))
+    metrics = json.loads(results[-1].read_text())
+    assert set(metrics["metrics"]) >= {"txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "r_mean"}
+    assert metrics["chance"]["img_r1"] == pytest.approx(100 / 8)
+    assert all(0.0 <= v <= 100.0 for v in metrics["metrics"].values())
+
+
+def test_fit_resumes_from_a_checkpoint(tmp_path, demo_dir):
+    config = write_config(tmp_path, demo_dir)
+    assert main(["fit", "--config", str(config)]) == 0
+    ckpt = last_checkpoint(tmp_path)
+    first = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert main(["fit", "--config", str(config), "--trainer.max_steps", "3", "--ckpt_path", str(ckpt)]) == 0
+    resumed = torch.load(last_checkpoint(tmp_path), map_location="cpu", weights_only=True)
+    assert resumed["global_step"] == 3
+    assert int(resumed["state_dict"]["queue.ptr"]) == (int(first["state_dict"]["queue.ptr"]) + 16) % 64
+
+
+def test_print_config_and_unknown_keys(tmp_path, demo_dir, capsys):
+    config = write_config(tmp_path, demo_dir)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["init_args"]["queue_size"] == 64
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--model.init_args.queue_sise", "64"])
+    assert exit_info.value.code != 0
+    assert "queue_sise" in capsys.readouterr().err
