@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from albef_struct.checkpoint import convert_pretrain_state_dict
+from albef_struct.checkpoint import convert_albef_state_dict
 from albef_struct.lit.pretrain import PretrainModule
 from albef_struct.models import ALBEFConfig
 from tests.conftest import KEYS_FILE, REPO
@@ -33,7 +33,7 @@ def test_every_official_pretraining_key_maps_onto_albef_base_with_its_shape(albe
     entries = official_keys()
     assert len(entries) == 844
     state = {e["key"]: torch.empty(e["shape"], device="meta") for e in entries}
-    mapped, report = convert_pretrain_state_dict(state, fusion_layer=6)
+    mapped, report = convert_albef_state_dict(state, fusion_layer=6)
     own = albef_base.state_dict()
     for source, target in report.mapped.items():
         assert target in own, f"{source} -> {target} is not a parameter of the model"

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 import torch
 
-from albef_struct.lit.base import ALBEFLitBase
-from albef_struct.lit.checkpoints import load_weights
 from albef_struct.lit.retrieval_eval import RetrievalEvalMixin
 from albef_struct.lit.schedule import OptimConfig
+from albef_struct.lit.task import ALBEFModule
 from albef_struct.losses import (
     ContrastiveInputs,
     build_contrastive_loss,
@@ -19,16 +17,13 @@ from albef_struct.losses import (
     mlm_distill_loss,
     sample_hard_negatives,
 )
-from albef_struct.models import ALBEF, ALBEFConfig, FeatureQueue, MomentumTeacher
-from albef_struct.models.albef import Encoded
 from albef_struct.losses.mlm import IGNORE_INDEX
+from albef_struct.models import ALBEFConfig, FeatureQueue
+from albef_struct.models.albef import Encoded
 from albef_struct.models.hf_init import init_text_from_hf
 
-# ALBEF's teachers copy the encoders, projections and MLM head, not the ITM head or temperature.
-TEACHER_EXCLUDES = ("itm_head", "temp")
 
-
-class PretrainModule(RetrievalEvalMixin, ALBEFLitBase):
+class PretrainModule(RetrievalEvalMixin, ALBEFModule):
     """Pretrains an ALBEF model; validation/test run zero-shot retrieval on held-out pairs.
 
     Args:
@@ -67,18 +62,12 @@ class PretrainModule(RetrievalEvalMixin, ALBEFLitBase):
         rerank_batch_size: int = 128,
     ) -> None:
         arch = ALBEFConfig.from_dict(arch or ALBEFConfig(mlm_head=True))
-        optim = OptimConfig(**optim) if isinstance(optim, dict) else optim
-        super().__init__(optim=optim, alpha=alpha, alpha_warmup=alpha_warmup)
         if not (arch.projections and arch.itm_head and arch.mlm_head):
             raise ValueError("pretraining needs arch.projections, arch.itm_head and arch.mlm_head set to true")
-        self.save_hyperparameters(ignore=["arch", "optim"])
-        self.hparams["arch"] = arch.to_dict()
-        self.hparams["optim"] = asdict(self.optim)
-
-        self.model = ALBEF(arch)
+        super().__init__(arch, optim, alpha, alpha_warmup, distill=True, momentum=momentum, init_from=init_from)
         if text_init:
             init_text_from_hf(self.model, text_init)
-        self.teacher = MomentumTeacher(self.model, momentum, exclude=TEACHER_EXCLUDES)
+            self.teacher.copy_from(self.model)
         self.contrastive = build_contrastive_loss(contrastive)
         self.queue = FeatureQueue(arch.embed_dim, queue_size)
         self.mlm_probability = mlm_probability
@@ -86,8 +75,7 @@ class PretrainModule(RetrievalEvalMixin, ALBEFLitBase):
         self.mlm_masked_positions_only = mlm_masked_positions_only
         self.k_test = k_test
         self.rerank_batch_size = rerank_batch_size
-        if init_from:
-            load_weights(self, init_from)
+        self.load_init_weights()
 
     # --- training -----------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -105,7 +93,7 @@ class PretrainModule(RetrievalEvalMixin, ALBEFLitBase):
         image = model.encode_image(batch["image"])
         text = model.encode_text(ids, mask)
         with torch.no_grad():
-            self.teacher.update(model)
+            self.update_teacher()
             image_m = teacher.encode_image(batch["image"])
             text_m = teacher.encode_text(ids, mask)
 

@@ -12,15 +12,17 @@ KS = (1, 5, 10)
 def best_relevant_rank(scores: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
     """Per query (row), the 0-based rank of its best-scored relevant candidate.
 
-    A candidate's rank counts the candidates scored strictly higher plus the other
-    candidates tied with it, so ties never flatter the result (ALBEF's argsort
-    breaks them arbitrarily; on tie-free scores the two agree).
+    A candidate's rank counts the candidates scored strictly higher plus the
+    irrelevant candidates tied with it, so ties never flatter the result (ALBEF's
+    argsort breaks them arbitrarily; on tie-free scores the two agree). A query
+    without any relevant candidate gets a rank no k reaches.
     """
     masked = scores.masked_fill(~relevant, float("-inf"))
     best = masked.max(dim=1, keepdim=True).values
     higher = (scores > best).sum(dim=1)
-    ties = (scores == best).sum(dim=1) - 1
-    return higher + ties
+    ties = ((scores == best) & ~relevant).sum(dim=1)
+    never = torch.full_like(higher, torch.iinfo(higher.dtype).max)
+    return torch.where(relevant.any(dim=1), higher + ties, never)
 
 
 def recall_at_k(scores: torch.Tensor, relevant: torch.Tensor, ks: tuple[int, ...] = KS) -> dict[int, float]:
@@ -54,7 +56,10 @@ def chance_recall(txt2img: torch.Tensor, n_images: int, ks: tuple[int, ...] = KS
     per_image = torch.bincount(txt2img.long(), minlength=n_images).tolist()
     out: dict[str, float] = {}
     for k in ks:
-        miss = [math.comb(n_texts - n, k) / math.comb(n_texts, k) if n_texts >= k else 0.0 for n in per_image]
+        miss = [
+            1.0 if n == 0 else (math.comb(n_texts - n, k) / math.comb(n_texts, k) if n_texts >= k else 0.0)
+            for n in per_image
+        ]
         out[f"txt_r{k}"] = 100.0 * (1.0 - sum(miss) / n_images)
         out[f"img_r{k}"] = 100.0 * min(1.0, k / n_images)
     return out

@@ -29,7 +29,8 @@ class ALBEFConfig:
 
     The head flags choose what a task builds: pretraining uses projections, ITM
     and MLM; retrieval projections and ITM; VQA the answer decoder; VE and NLVR2
-    none of them (their classifier lives in the task). ``fusion_streams=2`` is
+    an MLP classifier on the fused [CLS] (``classifier_classes``); NLVR2's
+    text-assignment stage a linear 3-way ``ta_head``. ``fusion_streams=2`` is
     NLVR2's paired fusion encoder.
     """
 
@@ -41,6 +42,8 @@ class ALBEFConfig:
     itm_head: bool = True
     mlm_head: bool = False
     answer_decoder_layers: int = 0
+    classifier_classes: int = 0
+    ta_head: bool = False
     fusion_streams: int = 1
     attention: str = "sdpa"
     grad_checkpointing: bool = False
@@ -98,6 +101,13 @@ class ALBEF(nn.Module):
             self.mlm_head = MLMHead(bert, self.text_encoder.embeddings.word_embeddings)
         if config.answer_decoder_layers:
             self.answer_decoder = AnswerDecoder(bert, config.answer_decoder_layers, config.text.hidden)
+        if config.classifier_classes:
+            hidden = config.text.hidden
+            self.cls_head = nn.Sequential(
+                nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, config.classifier_classes)
+            )
+        if config.ta_head:
+            self.ta_head = nn.Linear(config.text.hidden, 3)
         self._init_bert_weights(config.text)
         self.set_attention(config.attention)
         self.set_grad_checkpointing(config.grad_checkpointing)
@@ -141,6 +151,10 @@ class ALBEF(nn.Module):
     def itm_logits(self, fused: torch.Tensor) -> torch.Tensor:
         """Match / no-match logits from the fused [CLS]; class 1 means "match"."""
         return self.itm_head(fused[:, 0])
+
+    def classify(self, fused: torch.Tensor) -> torch.Tensor:
+        """Class logits from the fused [CLS] (VE, NLVR2)."""
+        return self.cls_head(fused[:, 0])
 
     def mlm_logits(
         self,

@@ -1,0 +1,72 @@
+"""Base of every ALBEF LightningModule: the model, its optional EMA teacher and weight import."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict
+from typing import Any
+
+from albef_struct.checkpoint import AdaptReport
+from albef_struct.lit.base import ALBEFLitBase
+from albef_struct.lit.checkpoints import load_weights
+from albef_struct.lit.schedule import OptimConfig
+from albef_struct.models import ALBEF, ALBEFConfig, MomentumTeacher
+
+# ALBEF's teachers copy encoders, projections and heads, but not the ITM head or the temperature.
+TEACHER_EXCLUDES = ("itm_head", "temp")
+
+
+class ALBEFModule(ALBEFLitBase):
+    """Builds ``self.model`` (an :class:`ALBEF`), ``self.teacher`` when distilling, and loads ``init_from``.
+
+    Subclasses set :attr:`fresh_heads`: the parameters a source checkpoint may
+    lack (e.g. a new classifier), with the reason reported when they start fresh.
+    ``init_from`` accepts this project's checkpoints and official ALBEF files.
+    """
+
+    fresh_heads: Mapping[str, str] = {}
+
+    def __init__(
+        self,
+        arch: ALBEFConfig | dict[str, Any],
+        optim: OptimConfig | dict[str, Any] | None = None,
+        alpha: float = 0.4,
+        alpha_warmup: bool = True,
+        distill: bool = True,
+        momentum: float = 0.995,
+        init_from: str | None = None,
+        albef_momentum_before_load: bool = False,
+    ) -> None:
+        arch = ALBEFConfig.from_dict(arch)
+        optim = OptimConfig(**optim) if isinstance(optim, dict) else optim
+        super().__init__(optim=optim, alpha=alpha, alpha_warmup=alpha_warmup)
+        self.save_hyperparameters(ignore=["arch", "optim"])
+        self.hparams["arch"] = arch.to_dict()  # plain values: checkpoints load with weights_only=True
+        self.hparams["optim"] = asdict(self.optim)
+        self.distill = distill
+        self.model = ALBEF(arch)
+        self.teacher = MomentumTeacher(self.model, momentum, exclude=TEACHER_EXCLUDES) if distill else None
+        self._init_from = init_from
+        self._albef_momentum_before_load = albef_momentum_before_load
+        self.init_report: AdaptReport | None = None
+
+    def load_init_weights(self) -> None:
+        """Load ``init_from``; subclasses call it at the end of ``__init__`` once every module exists.
+
+        Momentum weights come from the file when it has them and are copied from
+        the loaded online weights otherwise. ``albef_momentum_before_load``
+        reproduces ALBEF's NLVR2 script, which copies the momentum model before
+        loading, so the teacher keeps its initial weights (a parity flag).
+        """
+        if not self._init_from:
+            return
+        keep = {}
+        if self._albef_momentum_before_load and self.teacher is not None:
+            self.teacher.copy_from(self.model)
+            keep["teacher."] = "ALBEF's NLVR2 script copies the momentum model before loading (parity flag)"
+        self.init_report = load_weights(self, self._init_from, self.fresh_heads, keep)
+
+    def update_teacher(self) -> None:
+        """One EMA step of the teacher towards the online model (training only)."""
+        if self.teacher is not None and self.training:
+            self.teacher.update(self.model)

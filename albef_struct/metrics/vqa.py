@@ -1,0 +1,172 @@
+"""VQA v2 accuracy (the official evaluation's answer normalisation and 10-annotator score).
+
+The score of a predicted answer is the mean, over the leave-one-out subsets of the
+annotators, of ``min(#annotators in the subset who gave that answer / 3, 1)``: with 10
+annotators, 1 match scores 0.3, 2 matches 0.6, 3 matches 0.9 and 4 or more 1.0.
+
+Answers are compared after :func:`normalize_answer`. The official script's variants
+differ on *when* they normalise (some only when the annotators disagree, some apply
+only part of it to the annotators' answers); here both sides are always normalised,
+which gives the same scores whenever the annotators' answers are already in normal
+form, as the released VQA v2 annotations are, and never scores "Yes" below "yes".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torchmetrics import Metric
+
+__all__ = ["normalize_answer", "vqa_accuracy", "VQAAccuracy", "write_evalai_submission"]
+
+# Punctuation the official evaluation deletes or turns into a space. Periods are
+# handled separately (kept before a digit, as in "2.5"); apostrophes and colons stay.
+_PUNCTUATION = ';/[]"{}()=+\\_-><@`,?!'
+_DIGIT_COMMA_DIGIT = re.compile(r"\d,\d")
+_PERIOD_NOT_BEFORE_DIGIT = re.compile(r"\.(?!\d)")
+
+_NUMBER_WORDS = {
+    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
+    "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+}
+_ARTICLES = frozenset({"a", "an", "the"})
+
+# Contractions, written with their apostrophes. Each is also recognised with any one
+# of its apostrophes missing ("dont" -> "don't", "hadnt've" / "hadn'tve" -> "hadn't've"),
+# but not with two missing ("hadntve" stays), as in the official table.
+_CONTRACTIONS = """
+    ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't
+    hadn't've hasn't haven't he'd he'd've he's how'd how'll how's isn't it'd it'd've
+    it'll ma'am mightn't mightn't've might've mustn't must've needn't not've o'clock
+    oughtn't shan't she'd've should've shouldn't shouldn't've somebody'd've
+    somebody'll somebody's someone'd someone'd've someone'll someone's something'd
+    something'd've something'll that's there'd there'd've there're there's they'd
+    they'd've they'll they're they've 'twas wasn't we'd've we've weren't what'll
+    what're what's what've when's where'd where's where've who'd who'd've who'll
+    who's who've why'll why're why's won't would've wouldn't wouldn't've y'all
+    y'all'll y'all'd've you'd you'd've you'll you're you've 'ow's'at
+""".split()
+
+
+def _contraction_table() -> dict[str, str]:
+    table: dict[str, str] = {}
+    for full in _CONTRACTIONS:
+        for pos in (i for i, ch in enumerate(full) if ch == "'"):
+            table[full[:pos] + full[pos + 1:]] = full
+    # The official table also maps "somebody'd" the wrong way round (sic); kept so that
+    # scores match it. Its entries with a capital "I" ("Im", "Ive", ...) never fire,
+    # because answers are lower-cased first, so they are left out.
+    table["somebody'd"] = "somebodyd"
+    return table
+
+
+_CONTRACTION_TABLE = _contraction_table()
+
+
+def _strip_punctuation(text: str) -> str:
+    """Delete punctuation next to a space (or anywhere, if the text has "1,000"-style
+    numbers), turn other punctuation into spaces, and drop periods not before a digit."""
+    glued = bool(_DIGIT_COMMA_DIGIT.search(text))
+    out = text
+    for p in _PUNCTUATION:
+        # the decision looks at the original text, as the official evaluation does
+        if glued or f"{p} " in text or f" {p}" in text:
+            out = out.replace(p, "")
+        else:
+            out = out.replace(p, " ")
+    return _PERIOD_NOT_BEFORE_DIGIT.sub("", out)
+
+
+def _words(text: str) -> str:
+    """Lower-case, number words to digits, articles removed, contractions restored."""
+    kept = (_NUMBER_WORDS.get(w, w) for w in text.lower().split())
+    kept = (w for w in kept if w not in _ARTICLES)
+    return " ".join(_CONTRACTION_TABLE.get(w, w) for w in kept)
+
+
+def normalize_answer(text: str) -> str:
+    """An answer in the official VQA evaluation's normal form ("Two dogs!" -> "2 dogs")."""
+    text = text.replace("\n", " ").replace("\t", " ").strip()
+    return _words(_strip_punctuation(text))
+
+
+def _accuracy_normalized(prediction: str, answers: Sequence[str]) -> float:
+    n = len(answers)
+    matches = sum(a == prediction for a in answers)
+    # leaving out a matching annotator leaves matches-1 in the subset, else matches
+    total = matches * min((matches - 1) / 3, 1.0) + (n - matches) * min(matches / 3, 1.0)
+    return total / n
+
+
+def vqa_accuracy(prediction: str, annotator_answers: Sequence[str]) -> float:
+    """VQA accuracy in [0, 1] of one predicted answer against the annotators' answers.
+
+    Needs at least 4 annotator answers for a score of 1 (VQA v2 has 10); with a single
+    answer the score is always 0, so repeat single answers before evaluating.
+    """
+    if isinstance(annotator_answers, str) or len(annotator_answers) == 0:
+        raise ValueError(
+            f"annotator_answers must be a non-empty list of strings (VQA v2 has 10 per question); "
+            f"got {annotator_answers!r}"
+        )
+    answers = [normalize_answer(a) for a in annotator_answers]
+    return _accuracy_normalized(normalize_answer(prediction), answers)
+
+
+class VQAAccuracy(Metric):
+    """Mean :func:`vqa_accuracy` over all questions seen, in [0, 1]; sums across processes."""
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("accuracy_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, predictions: Sequence[str], annotator_answers: Sequence[Sequence[str]]) -> None:
+        """Add a batch: one predicted answer and one list of annotator answers per question."""
+        if len(predictions) != len(annotator_answers):
+            raise ValueError(
+                f"VQAAccuracy.update: {len(predictions)} predictions but {len(annotator_answers)} "
+                f"annotator-answer lists; pass one list of answers per question"
+            )
+        batch = sum(vqa_accuracy(p, a) for p, a in zip(predictions, annotator_answers))
+        self.accuracy_sum += batch
+        self.count += len(predictions)
+
+    def compute(self) -> torch.Tensor:
+        """Mean accuracy (NaN before any update)."""
+        return (self.accuracy_sum / self.count).float()
+
+
+def write_evalai_submission(
+    path: str | os.PathLike, question_ids: Sequence[int], answers: Sequence[str]
+) -> Path:
+    """Write ``[{"question_id": int, "answer": str}, ...]`` for the EvalAI VQA server.
+
+    The server wants every question of the test split in one file, also for test-dev.
+    """
+    if len(question_ids) != len(answers):
+        raise ValueError(
+            f"{path}: {len(question_ids)} question ids but {len(answers)} answers; pass one answer per question"
+        )
+    ids = [int(q) for q in question_ids]
+    dup = next((q for q, n in Counter(ids).items() if n > 1), None)
+    if dup is not None:
+        raise ValueError(f"{path}: question_id {dup} appears more than once; each question needs exactly one answer")
+    bad = next((i for i, a in enumerate(answers) if not isinstance(a, str)), None)
+    if bad is not None:
+        raise ValueError(f"{path}: answer {bad} (question_id {ids[bad]}) is {answers[bad]!r}; answers must be strings")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = [{"question_id": q, "answer": a} for q, a in zip(ids, answers)]
+    path.write_text(json.dumps(payload) + "\n", encoding="utf-8")
+    return path
