@@ -71,6 +71,11 @@ class ALBEFLitBase(pl.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    @property
+    def results_dir(self) -> str:
+        """Where result tables (JSON) of this run go: the logger's folder, else the root dir."""
+        return self.trainer.log_dir or self.trainer.default_root_dir
+
     # --- logging -------------------------------------------------------------------
     def log_losses(self, stage: str, losses: Mapping[str, torch.Tensor], batch_size: int) -> None:
         """Log every loss term as ``<stage>/<name>``; ``loss`` also on the progress bar."""

@@ -6,24 +6,18 @@ from typing import Any
 
 import torch
 
+from albef_struct.lit.alignment import AlignmentMixin
 from albef_struct.lit.retrieval_eval import RetrievalEvalMixin
 from albef_struct.lit.schedule import OptimConfig
 from albef_struct.lit.task import ALBEFModule
-from albef_struct.losses import (
-    ContrastiveInputs,
-    build_contrastive_loss,
-    itm_loss,
-    mask_tokens,
-    mlm_distill_loss,
-    sample_hard_negatives,
-)
+from albef_struct.losses import build_contrastive_loss, mask_tokens, mlm_distill_loss
 from albef_struct.losses.mlm import IGNORE_INDEX
 from albef_struct.models import ALBEFConfig, FeatureQueue
 from albef_struct.models.albef import Encoded
 from albef_struct.models.hf_init import init_text_from_hf
 
 
-class PretrainModule(RetrievalEvalMixin, ALBEFModule):
+class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
     """Pretrains an ALBEF model; validation/test run zero-shot retrieval on held-out pairs.
 
     Args:
@@ -87,67 +81,13 @@ class PretrainModule(RetrievalEvalMixin, ALBEFModule):
 
     def pretrain_losses(self, batch: dict[str, Any], alpha: float) -> dict[str, torch.Tensor]:
         """All pretraining loss terms for one batch (and the teacher/queue updates ALBEF does)."""
-        model, teacher = self.model, self.teacher.model
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        model.clamp_temperature()
-        image = model.encode_image(batch["image"])
-        text = model.encode_text(ids, mask)
-        with torch.no_grad():
-            self.update_teacher()
-            image_m = teacher.encode_image(batch["image"])
-            text_m = teacher.encode_text(ids, mask)
-
-        itc = self.contrastive(
-            ContrastiveInputs(
-                image_feat=image.feat,
-                text_feat=text.feat,
-                temp=model.temp,
-                image_feat_m=image_m.feat,
-                text_feat_m=text_m.feat,
-                image_queue=self.queue.image_feats if self.contrastive.uses_queue else None,
-                text_queue=self.queue.text_feats if self.contrastive.uses_queue else None,
-                alpha=alpha,
-                sample_index=batch.get("index"),
-            )
-        )
-        if self.contrastive.uses_queue:
-            self.enqueue(image_m.feat, text_m.feat)
-        loss_itm = self.itm(image, text, mask, itc.sim_i2t, itc.sim_t2i)
-        loss_mlm = self.mlm(ids, mask, image, image_m, alpha)
+        enc = self.encode_batch(batch)
+        itc = self.contrastive_step(enc, batch, alpha)
+        loss_itm = self.itm(enc.image, enc.text, batch["attention_mask"], itc.sim_i2t, itc.sim_t2i)
+        loss_mlm = self.mlm(batch["input_ids"], batch["attention_mask"], enc.image, enc.image_m, alpha)
         losses = {"itc": itc.loss, "itm": loss_itm, "mlm": loss_mlm, **itc.logs}
         losses["loss"] = itc.loss + loss_itm + loss_mlm
         return losses
-
-    @torch.no_grad()
-    def enqueue(self, image_feat_m: torch.Tensor, text_feat_m: torch.Tensor) -> None:
-        """Push the momentum features of the global batch (all ranks) into the queue."""
-        if self._trainer is not None and self.trainer.world_size > 1:
-            image_feat_m = self.all_gather(image_feat_m).flatten(0, 1)
-            text_feat_m = self.all_gather(text_feat_m).flatten(0, 1)
-        self.queue.enqueue(image_feat_m, text_feat_m)
-
-    def itm(
-        self,
-        image: Encoded,
-        text: Encoded,
-        mask: torch.Tensor,
-        sim_i2t: torch.Tensor,
-        sim_t2i: torch.Tensor,
-        image_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """ITM over B matched pairs and 2B hard-negative pairs drawn from the ITC logits."""
-        neg_text, neg_image = sample_hard_negatives(sim_i2t, sim_t2i, image_ids)
-        batch = mask.shape[0]
-        texts = torch.cat([text.embeds, text.embeds, text.embeds[neg_text]])
-        masks = torch.cat([mask, mask, mask[neg_text]])
-        images = torch.cat([image.embeds, image.embeds[neg_image], image.embeds])
-        if self.itm_single_fusion_call:
-            logits = self.model.itm_logits(self.model.fuse(texts, masks, images))
-        else:  # ALBEF's two calls: matched pairs, then both kinds of negatives
-            positive = self.model.itm_logits(self.model.fuse(texts[:batch], masks[:batch], images[:batch]))
-            negative = self.model.itm_logits(self.model.fuse(texts[batch:], masks[batch:], images[batch:]))
-            logits = torch.cat([positive, negative])
-        return itm_loss(logits[:batch], logits[batch:])
 
     def mlm(
         self, ids: torch.Tensor, mask: torch.Tensor, image: Encoded, image_m: Encoded, alpha: float

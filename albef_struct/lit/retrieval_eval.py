@@ -229,6 +229,5 @@ class RetrievalEvalMixin:
                 rows.append((direction, f"R@{k}", metrics[key], chance[key]))
         print(f"\nZero-shot / retrieval results ({stage}, k_test={self.k_test})")
         print(format_table(("direction", "metric", "value (%)", "chance (%)"), rows))
-        log_dir = self.trainer.log_dir or self.trainer.default_root_dir
-        path = write_json(f"{log_dir}/retrieval_{stage}.json", {"metrics": metrics, "chance": chance, "k_test": self.k_test})
+        path = write_json(f"{self.results_dir}/retrieval_{stage}.json", {"metrics": metrics, "chance": chance, "k_test": self.k_test})
         print(f"written to {path}")

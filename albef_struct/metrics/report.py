@@ -24,3 +24,20 @@ def write_json(path: str | Path, payload: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def report_results(
+    log_dir: str | Path,
+    name: str,
+    metrics: dict[str, float],
+    chance: dict[str, float] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Print ``metrics`` (next to chance level when known) and write ``<log_dir>/<name>.json``."""
+    chance = chance or {}
+    rows = [(key, value, chance.get(key, "")) for key, value in metrics.items()]
+    print(f"\n{name}")
+    print(format_table(("metric", "value", "chance"), rows))
+    path = write_json(Path(log_dir) / f"{name}.json", {"metrics": metrics, "chance": chance, **(extra or {})})
+    print(f"written to {path}")
+    return path
