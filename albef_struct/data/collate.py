@@ -55,7 +55,8 @@ class _TextCollate:
 
 class ImageTextCollate(_TextCollate):
     """Pretraining / retrieval training → ``image`` [B,3,R,R] float, ``input_ids``,
-    ``attention_mask`` [B,L] long, ``index``, ``image_idx`` [B] long, ``n_skipped`` 0-dim long.
+    ``attention_mask`` [B,L] long, ``index``, ``image_idx`` [B] long, ``n_skipped`` 0-dim long;
+    with a second augmented view also ``image_aug``, ``input_ids_aug``, ``attention_mask_aug``.
 
     ``max_length`` (counting [CLS]) truncates when ``truncation``; ALBEF: 25 truncated for
     pretraining, untruncated for retrieval.
@@ -76,6 +77,13 @@ class ImageTextCollate(_TextCollate):
             index=_long([it["index"] for it in kept]),
             image_idx=_long([it["image_idx"] for it in kept]),
         )
+        if "image_aug" in kept[0]:  # second augmented view
+            aug = self._tokenize([it["text_aug"] for it in kept])
+            batch.update(
+                image_aug=_stack(kept, "image_aug"),
+                input_ids_aug=aug["input_ids"],
+                attention_mask_aug=aug["attention_mask"],
+            )
         return batch
 
 

@@ -29,6 +29,7 @@ from .datasets import (
     VQADataset,
 )
 from .records import SkipReport, load_answer_list
+from .text_augment import WordDropSwap
 from .tokenizer import ALBEFTokenizer
 from .transforms import pretrain_transform, test_transform, train_transform
 
@@ -284,6 +285,9 @@ class PretrainDataModule(_RetrievalEvalMixin, ALBEFDataModule):
         val_file: optional retrieval-eval JSON (``{image, caption: [str, ...]}``) for zero-shot val.
         test_file: optional retrieval-eval JSON for zero-shot test.
         image_res: image size (ALBEF: 256).
+        second_view: also yield a second augmented view of every pair (``image_aug``,
+            ``input_ids_aug``, ``attention_mask_aug``) for the latent-structure losses.
+        text_delete_prob, text_swaps: the second view's EDA-style word deletion / swaps.
         **kwargs: the ``ALBEFDataModule`` arguments.
     """
 
@@ -296,11 +300,15 @@ class PretrainDataModule(_RetrievalEvalMixin, ALBEFDataModule):
         val_file: str | None = None,
         test_file: str | None = None,
         image_res: int = 256,
+        second_view: bool = False,
+        text_delete_prob: float = 0.1,
+        text_swaps: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(image_res=image_res, **kwargs)
         self.train_files = [train_files] if isinstance(train_files, str) else list(train_files)
         self.val_file, self.test_file = val_file, test_file
+        self.text_augment = WordDropSwap(text_delete_prob, text_swaps) if second_view else None
         self.eval_sets = {}
 
     def train_image_transform(self):
@@ -311,7 +319,7 @@ class PretrainDataModule(_RetrievalEvalMixin, ALBEFDataModule):
         if "train" in splits:
             self._build("train", lambda: PretrainDataset(
                 self.train_files, self.image_root, self.train_image_transform(), self.max_words,
-                seed=self.seed, **self.dataset_options()))
+                seed=self.seed, text_augment=self.text_augment, **self.dataset_options()))
         if "val" in splits:
             self._setup_eval("val", self.val_file)
         if "test" in splits:

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from .images import load_image
 from .records import NLVR_LABELS, VE_LABELS, BadRecordError, Record, SkipReport, load_records
 from .text import pre_caption, pre_question
+from .text_augment import WordDropSwap
 
 __all__ = [
     "RecordImageDataset",
@@ -88,12 +89,15 @@ class RecordImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def load(self, index: int, which: int = 0) -> torch.Tensor:
-        """Image ``which`` of record ``index``, transformed."""
+    def load_raw(self, index: int, which: int = 0):
+        """Image ``which`` of record ``index`` as an RGB PIL image."""
         rec = self.records[index]
         field = "image" if len(rec.image_paths) == 1 else f"images[{which}]"
-        img = load_image(rec.image_paths[which], source=rec.source, record_index=rec.row, field=field)
-        return self.transform(img)
+        return load_image(rec.image_paths[which], source=rec.source, record_index=rec.row, field=field)
+
+    def load(self, index: int, which: int = 0) -> torch.Tensor:
+        """Image ``which`` of record ``index``, transformed."""
+        return self.transform(self.load_raw(index, which))
 
     def item(self, index: int) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -121,6 +125,8 @@ class PretrainDataset(RecordImageDataset):
         max_words: ``pre_caption`` word limit.
         seed: seed of the caption choice.
         skip_bad_records, check_images_exist: see ``load_records``.
+        text_augment: when given, items also carry a second augmented view:
+            ``image_aug`` (the image transformed again) and ``text_aug``.
     """
 
     schema = "pretrain"
@@ -135,10 +141,12 @@ class PretrainDataset(RecordImageDataset):
         *,
         skip_bad_records: bool = False,
         check_images_exist: bool = True,
+        text_augment: WordDropSwap | None = None,
     ) -> None:
         super().__init__(files, image_root, transform, skip_bad_records=skip_bad_records,
                          check_images_exist=check_images_exist)
         self.max_words = max_words
+        self.text_augment = text_augment
         self.seed = int(seed) % 2**32  # SeedSequence needs a non-negative seed
         # Shared memory, so persistent DataLoader workers see the epoch set in the main process.
         self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
@@ -161,12 +169,17 @@ class PretrainDataset(RecordImageDataset):
         return caption[int(state) % len(caption)]
 
     def item(self, index: int) -> dict[str, Any]:
-        return {
-            "image": self.load(index),
-            "text": pre_caption(self.caption(index), self.max_words),
-            "index": index,
-            "image_idx": self.image_idx[index],
-        }
+        text = pre_caption(self.caption(index), self.max_words)
+        out = {"text": text, "index": index, "image_idx": self.image_idx[index]}
+        if self.text_augment is None:
+            out["image"] = self.load(index)
+            return out
+        # second augmented view: the same image transformed again, the caption EDA-augmented
+        image = self.load_raw(index)
+        out["image"], out["image_aug"] = self.transform(image), self.transform(image)
+        rng = np.random.default_rng([self.seed, self.epoch, index, 1])
+        out["text_aug"] = self.text_augment(text, rng)
+        return out
 
 
 class RetrievalTrainDataset(RecordImageDataset):

@@ -12,17 +12,23 @@ from torch import nn
 from albef_struct.lit.schedule import OptimConfig, WarmupCosine, ramped_alpha
 
 
-def decay_groups(named_params: Iterator[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
+def decay_groups(
+    named_params: Iterator[tuple[str, nn.Parameter]],
+    weight_decay: float,
+    no_decay_prefixes: tuple[str, ...] = (),
+) -> list[dict]:
     """ALBEF's two AdamW groups: no decay for 1-D tensors and biases, decay for the rest.
 
-    0-D parameters (the temperature) decay, as in ALBEF. Frozen parameters
-    (momentum copies) are left out.
+    0-D parameters (the temperature) decay, as in ALBEF. Parameters under
+    ``no_decay_prefixes`` (e.g. a loss's learnable scale and bias) never decay.
+    Frozen parameters (momentum copies) are left out.
     """
     decay, no_decay = [], []
     for name, param in named_params:
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim == 1 or name.endswith(".bias") else decay).append(param)
+        exempt = param.ndim == 1 or name.endswith(".bias") or name.startswith(no_decay_prefixes)
+        (no_decay if exempt else decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -59,8 +65,11 @@ class ALBEFLitBase(pl.LightningModule):
         """Distillation weight at the current optimizer step."""
         return ramped_alpha(self.alpha, self.global_step, self.steps_per_epoch, self.alpha_warmup)
 
+    #: parameter-name prefixes that never get weight decay (loss parameters, not weights)
+    no_decay_prefixes: tuple[str, ...] = ("contrastive.",)
+
     def configure_optimizers(self):
-        groups = decay_groups(self.named_parameters(), self.optim.weight_decay)
+        groups = decay_groups(self.named_parameters(), self.optim.weight_decay, self.no_decay_prefixes)
         kwargs = {"lr": self.optim.lr, "betas": tuple(self.optim.betas), "eps": self.optim.eps}
         if self.optim.fused is not None:
             kwargs["fused"] = self.optim.fused

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import asdict
+from typing import Any, Literal
 
 import torch
 
-from albef_struct.lit.alignment import AlignmentMixin
+from albef_struct.lit.alignment import AlignmentMixin, EncodedBatch
 from albef_struct.lit.retrieval_eval import RetrievalEvalMixin
 from albef_struct.lit.schedule import OptimConfig
 from albef_struct.lit.task import ALBEFModule
@@ -15,6 +16,7 @@ from albef_struct.losses.mlm import IGNORE_INDEX
 from albef_struct.models import ALBEFConfig, FeatureQueue
 from albef_struct.models.albef import Encoded
 from albef_struct.models.hf_init import init_text_from_hf
+from albef_struct.structure import LatentFeatures, StructureLosses, StructureSpec
 
 
 class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
@@ -27,7 +29,12 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         momentum: EMA coefficient of the teacher (ALBEF: 0.995).
         alpha: distillation weight; ramped from 0 over epoch 0 when ``alpha_warmup``.
         mlm_probability: fraction of tokens masked for MLM.
-        contrastive: contrastive-loss name (``infonce_queue`` = ALBEF's ITC).
+        contrastive: contrastive-loss name (``infonce_queue`` = ALBEF's ITC, ``infonce``,
+            ``decomposable``, ``siglip``); ``contrastive_args`` its constructor arguments.
+        structure: latent-structure regularizers, each ``{name, weight, args}``
+            (``feature_separation``, ``brownian_bridge``, ``geometric_consistency``).
+        augmented_view: where their augmented features come from: the momentum
+            teacher (``momentum``) or a second augmented view from the DataModule.
         itm_single_fusion_call: run positive and hard-negative ITM pairs through
             the fusion encoder in one call (same numbers, fewer kernel launches).
         mlm_masked_positions_only: project only masked tokens onto the vocabulary
@@ -48,6 +55,9 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         alpha_warmup: bool = True,
         mlm_probability: float = 0.15,
         contrastive: str = "infonce_queue",
+        contrastive_args: dict[str, Any] | None = None,
+        structure: list[StructureSpec] | None = None,
+        augmented_view: Literal["momentum", "second_view"] = "momentum",
         itm_single_fusion_call: bool = True,
         mlm_masked_positions_only: bool = True,
         text_init: str | None = None,
@@ -58,11 +68,22 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         arch = ALBEFConfig.from_dict(arch or ALBEFConfig(mlm_head=True))
         if not (arch.projections and arch.itm_head and arch.mlm_head):
             raise ValueError("pretraining needs arch.projections, arch.itm_head and arch.mlm_head set to true")
+        structure = StructureLosses(structure or [])
+        if structure.needs_private and not arch.private_heads:
+            raise ValueError(
+                f"the structure loss(es) {sorted(structure.losses)} need modality-private features: "
+                "set model.init_args.arch.private_heads: true"
+            )
+        if augmented_view not in ("momentum", "second_view"):
+            raise ValueError(f"augmented_view must be 'momentum' or 'second_view', got {augmented_view!r}")
         super().__init__(arch, optim, alpha, alpha_warmup, distill=True, momentum=momentum, init_from=init_from)
+        self.hparams["structure"] = [asdict(spec) for spec in structure.specs]
         if text_init:
             init_text_from_hf(self.model, text_init)
             self.teacher.copy_from(self.model)
-        self.contrastive = build_contrastive_loss(contrastive)
+        self.contrastive = build_contrastive_loss(contrastive, **(contrastive_args or {}))
+        self.structure = structure
+        self.augmented_view = augmented_view
         self.queue = FeatureQueue(arch.embed_dim, queue_size)
         self.mlm_probability = mlm_probability
         self.itm_single_fusion_call = itm_single_fusion_call
@@ -87,7 +108,47 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         loss_mlm = self.mlm(batch["input_ids"], batch["attention_mask"], enc.image, enc.image_m, alpha)
         losses = {"itc": itc.loss, "itm": loss_itm, "mlm": loss_mlm, **itc.logs}
         losses["loss"] = itc.loss + loss_itm + loss_mlm
+        if len(self.structure):
+            loss_structure, terms = self.structure(self.latent_features(enc, batch))
+            losses.update({f"structure/{name}": value for name, value in terms.items()})
+            losses["structure"] = loss_structure
+            losses["loss"] = losses["loss"] + loss_structure
         return losses
+
+    def latent_features(self, enc: EncodedBatch, batch: dict[str, Any]) -> LatentFeatures:
+        """What the latent-structure losses see: online features, the augmented view, private features.
+
+        The augmented view is the momentum teacher's features (no gradient; the
+        paper's ALBEF variant) or, with ``augmented_view="second_view"``, the online
+        model on the DataModule's second augmented image and caption.
+        """
+        model = self.model
+        feats = LatentFeatures(image=enc.image.feat, text=enc.text.feat, temp=model.temp)
+        if not (self.structure.needs_aug or self.structure.needs_private):
+            return feats
+        if self.augmented_view == "momentum":
+            aug_image, aug_text, aug_model = enc.image_m, enc.text_m, self.teacher.model
+        else:
+            if "image_aug" not in batch:
+                raise ValueError(
+                    "augmented_view='second_view' needs a second view in every batch: "
+                    "set data.init_args.second_view: true"
+                )
+            aug_image = model.encode_image(batch["image_aug"])
+            aug_text = model.encode_text(batch["input_ids_aug"], batch["attention_mask_aug"])
+            aug_model = model
+        feats.image_aug, feats.text_aug = aug_image.feat, aug_text.feat
+        if self.structure.needs_private:
+            feats.image_private, feats.text_private = model.private_features(enc.image.embeds, enc.text.embeds)
+            feats.image_private_aug, feats.text_private_aug = aug_model.private_features(aug_image.embeds, aug_text.embeds)
+        return feats
+
+    def setup(self, stage: str) -> None:
+        """Size per-sample contrastive state (the decomposable loss) to the training set."""
+        resize = getattr(self.contrastive, "resize", None)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if stage == "fit" and resize is not None and datamodule is not None:
+            resize(len(datamodule.train_dataset))
 
     def mlm(
         self, ids: torch.Tensor, mask: torch.Tensor, image: Encoded, image_m: Encoded, alpha: float

@@ -141,8 +141,16 @@ def _with_queue(batch_feats: torch.Tensor, queue: torch.Tensor | None) -> torch.
     return torch.cat([columns, queue.clone().detach().to(columns.dtype)], dim=1)
 
 
+# Imported here, after the base classes they subclass, to avoid a circular import.
+from albef_struct.losses.decomposable import DecomposableLoss  # noqa: E402
+from albef_struct.losses.infonce import InfoNCELoss  # noqa: E402
+from albef_struct.losses.siglip import SigLIPLoss  # noqa: E402
+
 CONTRASTIVE_LOSSES: dict[str, type[ContrastiveLoss]] = {
     "infonce_queue": InfoNCEQueueLoss,
+    "infonce": InfoNCELoss,
+    "decomposable": DecomposableLoss,
+    "siglip": SigLIPLoss,
 }
 
 

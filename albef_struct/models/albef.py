@@ -30,8 +30,9 @@ class ALBEFConfig:
     The head flags choose what a task builds: pretraining uses projections, ITM
     and MLM; retrieval projections and ITM; VQA the answer decoder; VE and NLVR2
     an MLP classifier on the fused [CLS] (``classifier_classes``); NLVR2's
-    text-assignment stage a linear 3-way ``ta_head``. ``fusion_streams=2`` is
-    NLVR2's paired fusion encoder.
+    text-assignment stage a linear 3-way ``ta_head``. ``private_heads`` adds the
+    modality-private projections of the feature-separation loss. ``fusion_streams=2``
+    is NLVR2's paired fusion encoder.
     """
 
     vision: VisionConfig = field(default_factory=VisionConfig)
@@ -44,6 +45,7 @@ class ALBEFConfig:
     answer_decoder_layers: int = 0
     classifier_classes: int = 0
     ta_head: bool = False
+    private_heads: bool = False
     fusion_streams: int = 1
     attention: str = "sdpa"
     grad_checkpointing: bool = False
@@ -108,6 +110,9 @@ class ALBEF(nn.Module):
             )
         if config.ta_head:
             self.ta_head = nn.Linear(config.text.hidden, 3)
+        if config.private_heads:
+            self.vision_private_proj = nn.Linear(config.vision.width, config.embed_dim)
+            self.text_private_proj = nn.Linear(config.text.hidden, config.embed_dim)
         self._init_bert_weights(config.text)
         self.set_attention(config.attention)
         self.set_grad_checkpointing(config.grad_checkpointing)
@@ -137,6 +142,12 @@ class ALBEF(nn.Module):
         embeds = self.text_encoder(input_ids, attention_mask)
         feat = F.normalize(self.text_proj(embeds[:, 0]), dim=-1) if self.config.projections else None
         return Encoded(embeds, feat)
+
+    def private_features(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised modality-private features of the [CLS] tokens (feature separation)."""
+        image = F.normalize(self.vision_private_proj(image_embeds[:, 0]), dim=-1)
+        text = F.normalize(self.text_private_proj(text_embeds[:, 0]), dim=-1)
+        return image, text
 
     def fuse(
         self,

@@ -1,0 +1,37 @@
+"""Geometric consistency ``L_GC + L_GC^a`` (LOSSES_REFERENCE.md §1.5)."""
+
+from __future__ import annotations
+
+import torch
+
+from albef_struct.structure.base import LatentFeatures, StructureLoss
+
+
+class GeometricConsistencyLoss(StructureLoss):
+    """Squared differences between similarity matrices (raw cosines, no temperature).
+
+    With ``S_XY = X Yᵀ`` over the batch and ``(1/N) Σ_j Σ_k`` = ``N ×`` mean over
+    the ``N × N`` matrix (CyCLIP's normalisation):
+
+    * ``cross_symmetry`` — ``(1/N) ΣΣ (⟨z_Vj, z_Tk⟩ − ⟨z_Vk, z_Tj⟩)²``
+    * ``intra_match`` — ``(1/N) ΣΣ (⟨z_Vj, z_Vk⟩ − ⟨z_Tj, z_Tk⟩)²``
+    * ``aug_match`` — ``(1/N) ΣΣ [(⟨z_Vj, z_Vk⟩ − ⟨z_Vj^a, z_Vk^a⟩)² + (⟨z_Tj, z_Tk⟩ − ⟨z_Tj^a, z_Tk^a⟩)²]``
+    * ``paired_match`` — ``(1/N) Σ_j (⟨z_Vj, z_Tj⟩ − ⟨z_Vj^a, z_Tj^a⟩)²``
+
+    ``L_GC`` = the first two, ``L_GC^a`` = the last two; all unit-weighted as printed.
+    """
+
+    needs_aug = True
+
+    def terms(self, feats: LatentFeatures) -> dict[str, torch.Tensor]:
+        image, text, image_aug, text_aug = feats.require(type(self).__name__, "image", "text", "image_aug", "text_aug")
+        n = image.shape[0]
+        s_vt, s_vv, s_tt = image @ text.T, image @ image.T, text @ text.T
+        s_vv_aug, s_tt_aug = image_aug @ image_aug.T, text_aug @ text_aug.T
+        paired = (image * text).sum(-1) - (image_aug * text_aug).sum(-1)
+        return {
+            "cross_symmetry": (s_vt - s_vt.T).pow(2).sum() / n,
+            "intra_match": (s_vv - s_tt).pow(2).sum() / n,
+            "aug_match": ((s_vv - s_vv_aug).pow(2).sum() + (s_tt - s_tt_aug).pow(2).sum()) / n,
+            "paired_match": paired.pow(2).mean(),
+        }
