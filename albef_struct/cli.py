@@ -9,7 +9,9 @@ import pytorch_lightning as pl
 from pytorch_lightning.cli import LightningCLI
 
 # Subcommands that are not Trainer methods: name -> (module path, function taking argv).
-EXTRA_COMMANDS: dict[str, tuple[str, str, str]] = {}
+EXTRA_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "analyze": ("albef_struct.analysis", "main", "latent geometry, linear probes and a 2-D picture of embeddings"),
+}
 
 
 class ALBEFCLI(LightningCLI):

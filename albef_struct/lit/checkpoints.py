@@ -67,3 +67,20 @@ def load_weights(
     for key, reason in report.fresh.items():
         log.info("fresh %s: %s", key, reason)
     return report
+
+
+def load_model(path: str | Path) -> "ALBEF":
+    """The online :class:`ALBEF` of a checkpoint of this project, architecture from its hyper-parameters."""
+    from albef_struct.models import ALBEF, ALBEFConfig
+
+    payload = load_checkpoint_file(path)
+    arch = payload.get("hyper_parameters", {}).get("arch") if isinstance(payload, Mapping) else None
+    if arch is None or "state_dict" not in payload:
+        raise CheckpointError(
+            f"{path} is not a Lightning checkpoint of this project (no hyper_parameters.arch / state_dict); "
+            "to analyse an official ALBEF file, convert it first with `albef-struct convert`"
+        )
+    model = ALBEF(ALBEFConfig.from_dict(arch))
+    state = {k[len("model.") :]: v for k, v in payload["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(state)
+    return model.eval()

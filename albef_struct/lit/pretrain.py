@@ -29,6 +29,8 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         momentum: EMA coefficient of the teacher (ALBEF: 0.995).
         alpha: distillation weight; ramped from 0 over epoch 0 when ``alpha_warmup``.
         mlm_probability: fraction of tokens masked for MLM.
+        itm_weight, mlm_weight: weights of the ITM and MLM losses (ALBEF: 1 and 1; 0 skips
+            the term entirely, e.g. to study the contrastive loss alone).
         contrastive: contrastive-loss name (``infonce_queue`` = ALBEF's ITC, ``infonce``,
             ``decomposable``, ``siglip``); ``contrastive_args`` its constructor arguments.
         structure: latent-structure regularizers, each ``{name, weight, args}``
@@ -58,6 +60,8 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         contrastive_args: dict[str, Any] | None = None,
         structure: list[StructureSpec] | None = None,
         augmented_view: Literal["momentum", "second_view"] = "momentum",
+        itm_weight: float = 1.0,
+        mlm_weight: float = 1.0,
         itm_single_fusion_call: bool = True,
         mlm_masked_positions_only: bool = True,
         text_init: str | None = None,
@@ -68,24 +72,25 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         arch = ALBEFConfig.from_dict(arch or ALBEFConfig(mlm_head=True))
         if not (arch.projections and arch.itm_head and arch.mlm_head):
             raise ValueError("pretraining needs arch.projections, arch.itm_head and arch.mlm_head set to true")
-        structure = StructureLosses(structure or [])
-        if structure.needs_private and not arch.private_heads:
+        regularizers = StructureLosses(structure or [])
+        if regularizers.needs_private and not arch.private_heads:
             raise ValueError(
-                f"the structure loss(es) {sorted(structure.losses)} need modality-private features: "
+                f"the structure loss(es) {sorted(regularizers.losses)} need modality-private features: "
                 "set model.init_args.arch.private_heads: true"
             )
         if augmented_view not in ("momentum", "second_view"):
             raise ValueError(f"augmented_view must be 'momentum' or 'second_view', got {augmented_view!r}")
         super().__init__(arch, optim, alpha, alpha_warmup, distill=True, momentum=momentum, init_from=init_from)
-        self.hparams["structure"] = [asdict(spec) for spec in structure.specs]
+        self.hparams["structure"] = [asdict(spec) for spec in regularizers.specs]
         if text_init:
             init_text_from_hf(self.model, text_init)
             self.teacher.copy_from(self.model)
         self.contrastive = build_contrastive_loss(contrastive, **(contrastive_args or {}))
-        self.structure = structure
+        self.structure = regularizers
         self.augmented_view = augmented_view
         self.queue = FeatureQueue(arch.embed_dim, queue_size)
         self.mlm_probability = mlm_probability
+        self.itm_weight, self.mlm_weight = itm_weight, mlm_weight
         self.itm_single_fusion_call = itm_single_fusion_call
         self.mlm_masked_positions_only = mlm_masked_positions_only
         self.k_test = k_test
@@ -104,10 +109,14 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         """All pretraining loss terms for one batch (and the teacher/queue updates ALBEF does)."""
         enc = self.encode_batch(batch)
         itc = self.contrastive_step(enc, batch, alpha)
-        loss_itm = self.itm(enc.image, enc.text, batch["attention_mask"], itc.sim_i2t, itc.sim_t2i)
-        loss_mlm = self.mlm(batch["input_ids"], batch["attention_mask"], enc.image, enc.image_m, alpha)
-        losses = {"itc": itc.loss, "itm": loss_itm, "mlm": loss_mlm, **itc.logs}
-        losses["loss"] = itc.loss + loss_itm + loss_mlm
+        losses = {"itc": itc.loss, **itc.logs}
+        losses["loss"] = itc.loss
+        if self.itm_weight:
+            losses["itm"] = self.itm(enc.image, enc.text, batch["attention_mask"], itc.sim_i2t, itc.sim_t2i)
+            losses["loss"] = losses["loss"] + self.itm_weight * losses["itm"]
+        if self.mlm_weight:
+            losses["mlm"] = self.mlm(batch["input_ids"], batch["attention_mask"], enc.image, enc.image_m, alpha)
+            losses["loss"] = losses["loss"] + self.mlm_weight * losses["mlm"]
         if len(self.structure):
             loss_structure, terms = self.structure(self.latent_features(enc, batch))
             losses.update({f"structure/{name}": value for name, value in terms.items()})

@@ -1,0 +1,123 @@
+"""Shared pieces of the demo-data experiments: a small architecture, one pretraining run, results I/O."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+
+from albef_struct.data import PretrainDataModule
+from albef_struct.lit.pretrain import PretrainModule
+from albef_struct.lit.schedule import OptimConfig
+from albef_struct.models import ALBEFConfig, TextConfig, VisionConfig
+from data_prep.demo_data import generate
+
+
+def experiment_arch(image_res: int = 64, private_heads: bool = False) -> ALBEFConfig:
+    """A small ALBEF that trains in minutes on 2 CPU cores (ViT 128x3, BERT h128 2+2)."""
+    return ALBEFConfig(
+        vision=VisionConfig(img_size=image_res, patch_size=16, width=128, depth=3, heads=2),
+        text=TextConfig(hidden=128, layers=4, fusion_layer=2, heads=2, intermediate=512, max_position=64),
+        embed_dim=64,
+        mlm_head=True,
+        private_heads=private_heads,
+    )
+
+
+@dataclass
+class RunSpec:
+    """One pretraining run on demo data, evaluated by zero-shot retrieval on the test split."""
+
+    name: str
+    data_dir: str
+    steps: int
+    batch_size: int = 32
+    image_res: int = 64
+    contrastive: str = "infonce_queue"
+    contrastive_args: dict[str, Any] = field(default_factory=dict)
+    structure: list[dict[str, Any]] = field(default_factory=list)
+    itm_weight: float = 1.0
+    mlm_weight: float = 1.0
+    queue_size: int = 256
+    momentum: float = 0.995
+    lr: float = 5e-4
+    warmup_steps: int = 50
+    k_test: int = 16
+    seed: int = 0
+    num_workers: int = 1
+
+
+def ensure_demo_data(path: str | Path, info_gap: bool = False, **sizes: int) -> Path:
+    """Generate the demo data at ``path`` unless it is already there (idempotent)."""
+    path = Path(path)
+    generate(path, info_gap=info_gap, **sizes)
+    return path
+
+
+def train_and_test(spec: RunSpec, out: Path) -> tuple[dict[str, float], PretrainModule]:
+    """Pretrain for ``spec.steps`` optimizer steps, then zero-shot retrieval on the test split."""
+    pl.seed_everything(spec.seed, workers=True)
+    arch = experiment_arch(spec.image_res, private_heads=any(s["name"] == "feature_separation" for s in spec.structure))
+    module = PretrainModule(
+        arch=arch,
+        optim=OptimConfig(lr=spec.lr, warmup_lr=1e-5, warmup_steps=spec.warmup_steps, min_lr=1e-5, cosine="step"),
+        queue_size=spec.queue_size,
+        momentum=spec.momentum,
+        contrastive=spec.contrastive,
+        contrastive_args=spec.contrastive_args,
+        structure=spec.structure,
+        itm_weight=spec.itm_weight,
+        mlm_weight=spec.mlm_weight,
+        k_test=spec.k_test,
+    )
+    data = Path(spec.data_dir)
+    datamodule = PretrainDataModule(
+        train_files=[str(data / "pretrain.json")],
+        test_file=str(data / "retrieval_test.json"),
+        image_root=str(data),
+        image_res=spec.image_res,
+        batch_size=spec.batch_size,
+        eval_batch_size=128,
+        num_workers=spec.num_workers,
+        hflip=False,
+        crop_scale=(0.8, 1.0),
+        max_tokens=40,
+        seed=spec.seed,
+    )
+    run_dir = out / spec.name
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=spec.steps,
+        default_root_dir=str(run_dir),
+        logger=pl.loggers.CSVLogger(str(run_dir), name="", version=""),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=25,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule)
+        train_seconds = time.perf_counter() - start
+        results = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    trainer.save_checkpoint(run_dir / "last.ckpt")
+    metrics = {k.removeprefix("test/"): float(v) for k, v in results.items()}
+    metrics["train_seconds"] = train_seconds
+    return metrics, module
+
+
+def write_results(out: Path, name: str, payload: dict[str, Any]) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    return path
+
