@@ -17,6 +17,18 @@ EXTRA_COMMANDS: dict[str, tuple[str, str, str]] = {
 class ALBEFCLI(LightningCLI):
     """LightningCLI with the model and data chosen by class path in YAML."""
 
+    def before_instantiate_classes(self) -> None:
+        """With ``--ckpt_path`` the weights come from that checkpoint: skip ``init_from``.
+
+        Otherwise every resume, test or predict would first load (and need) the file
+        the run was initialised from.
+        """
+        config = self.config[self.subcommand]
+        init_args = config["model"].get("init_args") if config.get("model") else None
+        if config.get("ckpt_path") and init_args is not None and init_args.get("init_from"):
+            print(f"--ckpt_path given: not loading init_from={init_args['init_from']}")
+            init_args["init_from"] = None
+
 
 def _run_extra(name: str, argv: Sequence[str]) -> int:
     module_name, function_name, _ = EXTRA_COMMANDS[name]

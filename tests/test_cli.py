@@ -118,3 +118,18 @@ def test_print_config_and_unknown_keys(tmp_path, demo_dir, capsys):
         main(["fit", "--config", str(config), "--model.init_args.queue_sise", "64"])
     assert exit_info.value.code != 0
     assert "queue_sise" in capsys.readouterr().err
+
+
+def test_ckpt_path_makes_init_from_unnecessary(tmp_path, demo_dir, capsys):
+    first = tmp_path / "first"
+    first.mkdir()
+    assert main(["fit", "--config", str(write_config(first, demo_dir))]) == 0
+    source = last_checkpoint(first)
+    second = tmp_path / "second"
+    second.mkdir()
+    config = write_config(second, demo_dir)
+    assert main(["fit", "--config", str(config), "--model.init_args.init_from", str(source)]) == 0
+    source.unlink()  # the run's starting weights are gone; its own checkpoint must suffice
+    ckpt = last_checkpoint(second)
+    assert main(["test", "--config", str(config), "--model.init_args.init_from", str(source), "--ckpt_path", str(ckpt)]) == 0
+    assert "not loading init_from" in capsys.readouterr().out
