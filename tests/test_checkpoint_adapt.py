@@ -74,3 +74,17 @@ def test_unexplained_keys_and_shape_mismatches_are_errors():
     wide = Holder(ALBEF(tiny_config(embed_dim=8)))
     with pytest.raises(CheckpointError, match="vision_proj.weight has shape"):
         adapt_state_dict(source, wide.state_dict())
+
+
+def test_nlvr_pairs_come_from_layer_j_over_two_with_several_fusion_layers():
+    from albef_struct.models import TextConfig
+
+    text = TextConfig(hidden=32, layers=3, fusion_layer=1, heads=2, intermediate=64, max_position=40)
+    torch.manual_seed(1)
+    source = Holder(ALBEF(tiny_config(text=text))).state_dict()
+    target = Holder(ALBEF(tiny_config(text=text, fusion_streams=2, projections=False, itm_head=False, mlm_head=False, classifier_classes=2)))
+    state, _ = adapt_state_dict(source, target.state_dict(), {"cls_head.": "new classifier"})
+    for owner in ("model.", "teacher.model."):
+        for j in range(4):
+            for name in ("attention.self.query.weight", "crossattention.self.key.weight"):
+                assert torch.equal(state[f"{owner}fusion_encoder.layer.{j}.{name}"], source[f"{owner}fusion_encoder.layer.{j // 2}.{name}"])

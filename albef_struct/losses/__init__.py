@@ -8,6 +8,7 @@ from albef_struct.losses.contrastive import (
     InfoNCEQueueLoss,
     build_contrastive_loss,
 )
+from albef_struct.losses.classification import distilled_cross_entropy
 from albef_struct.losses.matching import itm_loss, sample_hard_negatives
 from albef_struct.losses.mlm import mask_tokens, mlm_distill_loss, soft_cross_entropy
 
@@ -18,6 +19,7 @@ __all__ = [
     "ContrastiveOutput",
     "InfoNCEQueueLoss",
     "build_contrastive_loss",
+    "distilled_cross_entropy",
     "itm_loss",
     "mask_tokens",
     "mlm_distill_loss",

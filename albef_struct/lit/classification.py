@@ -1,0 +1,98 @@
+"""Shared steps of ALBEF's classifier tasks (SNLI-VE, NLVR2): distilled training, accuracy, report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import CatMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from albef_struct.data.collate import is_empty_batch
+from albef_struct.lit.task import ALBEFModule
+from albef_struct.losses.classification import distilled_cross_entropy
+from albef_struct.metrics.report import report_results
+from albef_struct.models import ALBEF
+
+
+class ClassifierModule(ALBEFModule):
+    """A classifier on the fused [CLS] trained with momentum distillation.
+
+    Subclasses define :attr:`class_names`, :attr:`result_name` and :meth:`logits`.
+    Training minimises :func:`distilled_cross_entropy` against the EMA teacher's
+    logits (the teacher is updated before its forward, as in ALBEF). ``val/acc``
+    and ``test/acc`` (percent, torchmetrics) are the online model's; the test ends
+    with a table and ``<result_name>.json`` next to the majority-class rate.
+    """
+
+    class_names: tuple[str, ...] = ()
+    result_name: str = "classification_test"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        classes = len(self.class_names)
+        self.val_acc = MulticlassAccuracy(num_classes=classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=classes, average="micro")
+        self.test_labels = CatMetric()
+
+    def logits(self, model: ALBEF, batch: dict[str, Any]) -> torch.Tensor:  # pragma: no cover - abstract
+        """Class logits ``[B, C]`` of ``model`` (the online model or the teacher's) for a batch."""
+        raise NotImplementedError
+
+    def classification_losses(self, batch: dict[str, Any], alpha: float) -> dict[str, torch.Tensor]:
+        """Loss and accuracy of one training batch; the teacher is EMA-updated before its forward."""
+        logits = self.logits(self.model, batch)
+        teacher_logits = None
+        if self.teacher is not None:
+            self.update_teacher()
+            with torch.no_grad():
+                teacher_logits = self.logits(self.teacher.model, batch)
+        loss = distilled_cross_entropy(logits, batch["label"], teacher_logits, alpha)
+        return {"loss": loss, "acc": 100.0 * (logits.argmax(dim=-1) == batch["label"]).float().mean()}
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        if is_empty_batch(batch):
+            return None
+        alpha = self.current_alpha() if self.distill else 0.0
+        losses = self.classification_losses(batch, alpha)
+        self.log_losses("train", losses, batch_size=batch["label"].shape[0])
+        self.log("train/alpha", alpha, on_step=True, on_epoch=False)
+        return losses["loss"]
+
+    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        if is_empty_batch(batch):
+            return
+        logits = self.logits(self.model, batch)
+        labels = batch["label"]
+        (self.val_acc if stage == "val" else self.test_acc).update(logits.argmax(dim=-1), labels)
+        if stage == "test":
+            self.test_labels.update(labels.float())
+        self.log_losses(stage, {"loss": F.cross_entropy(logits.float(), labels)}, batch_size=labels.shape[0])
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_acc.update_count:
+            self.log("val/acc", 100.0 * self.val_acc.compute(), prog_bar=True)
+        self.val_acc.reset()
+
+    def on_test_epoch_end(self) -> None:
+        if not self.test_acc.update_count:
+            return
+        acc = 100.0 * self.test_acc.compute()
+        self.log("test/acc", acc)
+        counts = torch.bincount(self.test_labels.compute().long().flatten(), minlength=len(self.class_names))
+        self.test_acc.reset()
+        self.test_labels.reset()
+        if self.trainer.is_global_zero:
+            total = int(counts.sum())
+            chance = 100.0 * float(counts.max()) / max(1, total)  # always predicting the majority class
+            report_results(
+                self.results_dir, self.result_name, {"acc": float(acc)}, {"acc": chance},
+                extra={"n_examples": total, "label_counts": dict(zip(self.class_names, counts.tolist()))},
+            )

@@ -1,0 +1,1 @@
+"""Downstream tasks: one LightningModule per task (retrieval, VQA, NLVR2, SNLI-VE)."""

@@ -1,0 +1,92 @@
+"""SNLI-VE (visual entailment): a 3-way classifier on the fused [CLS], with momentum distillation.
+
+ALBEF's VE model runs the text layers, then the fusion layers attending the
+image, and classifies the fused [CLS] with ``cls_head`` (Linear(H, H) → ReLU →
+Linear(H, 3)); labels are contradiction 0, neutral 1, entailment 2. Training
+minimises the distilled cross-entropy against the EMA teacher's logits
+(ALBEF's VE.yaml: alpha 0.4, distill on, no alpha warm-up). Validation and test
+report accuracy; the best checkpoint is the one with the best ``val/acc``.
+
+The training and evaluation steps are shared with NLVR2 (:class:`ClassifierModule`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from albef_struct.lit.classification import ClassifierModule
+from albef_struct.lit.schedule import OptimConfig
+from albef_struct.models import ALBEF, ALBEFConfig, VisionConfig
+
+VE_LABELS = ("contradiction", "neutral", "entailment")  # class index = position (ALBEF's ve_dataset)
+# The heads VE builds; the user's ``arch`` only chooses the sizes.
+VE_HEADS: dict[str, Any] = dict(
+    classifier_classes=len(VE_LABELS), projections=False, itm_head=False, mlm_head=False,
+    answer_decoder_layers=0, ta_head=False, fusion_streams=1,
+)
+# ALBEF's VE.yaml: 100 warm-up steps at 1e-5, then 2e-5 with a per-epoch cosine to 1e-6.
+VE_OPTIM = OptimConfig(lr=2e-5, weight_decay=0.02, warmup_lr=1e-5, warmup_steps=100, min_lr=1e-6)
+
+
+def ve_arch(arch: ALBEFConfig | dict[str, Any] | None) -> ALBEFConfig:
+    """``arch`` (sizes; None: ALBEF-base at 384 px) with the VE head flags."""
+    base = ALBEFConfig.from_dict(arch) if arch is not None else ALBEFConfig(vision=VisionConfig(img_size=384))
+    return replace(base, **VE_HEADS)
+
+
+def ve_logits(
+    model: ALBEF, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """Class logits ``[B, 3]``: text layers, fusion layers attending every image token, ``cls_head``."""
+    image = model.encode_image(images).embeds
+    text = model.encode_text(input_ids, attention_mask).embeds
+    return model.classify(model.fuse(text, attention_mask, image))
+
+
+class VEModule(ClassifierModule):
+    """SNLI-VE fine-tuning and evaluation (``VEDataModule`` batches: image, text, ``label``).
+
+    Training, validation and test steps come from :class:`ClassifierModule`; the
+    test ends with ``ve_test.json`` next to the majority-class rate.
+    A pretraining checkpoint loads without its projections, temperature, ITM/MLM
+    heads and queues (each dropped with its reason); ``cls_head`` starts fresh,
+    online and teacher alike.
+
+    Args:
+        arch: model sizes (ALBEF-base at 384 px by default); the VE head flags
+            (3-way ``cls_head``, no projections, ITM or MLM head) are set here.
+        optim: AdamW + schedule (default: ALBEF's VE.yaml).
+        alpha: distillation weight (ALBEF: 0.4).
+        alpha_warmup: ramp alpha from 0 over the first epoch (ALBEF's VE.yaml: ``warm_up: False``).
+        distill: train against the momentum teacher's logits (ALBEF: true).
+        momentum: EMA coefficient of the teacher (ALBEF: 0.995).
+        init_from: checkpoint to start from (this project's, or an official ALBEF file).
+    """
+
+    fresh_heads = {"cls_head.": "new 3-way entailment classifier (ALBEF initialises it fresh)"}
+    class_names = VE_LABELS
+    result_name = "ve_test"
+
+    def __init__(
+        self,
+        arch: ALBEFConfig | None = None,
+        optim: OptimConfig | None = None,
+        alpha: float = 0.4,
+        alpha_warmup: bool = False,
+        distill: bool = True,
+        momentum: float = 0.995,
+        init_from: str | None = None,
+    ) -> None:
+        super().__init__(ve_arch(arch), optim or VE_OPTIM, alpha, alpha_warmup, distill, momentum, init_from)
+        self.load_init_weights()
+
+    def logits(self, model: ALBEF, batch: dict[str, Any]) -> torch.Tensor:
+        """Class logits of ``model`` (the online model or the teacher's) for a batch."""
+        return ve_logits(model, batch["image"], batch["input_ids"], batch["attention_mask"])
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Online-model logits ``[B, 3]`` (contradiction, neutral, entailment)."""
+        return ve_logits(self.model, images, input_ids, attention_mask)
