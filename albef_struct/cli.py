@@ -11,6 +11,7 @@ from pytorch_lightning.cli import LightningCLI
 # Subcommands that are not Trainer methods: name -> (module path, function taking argv).
 EXTRA_COMMANDS: dict[str, tuple[str, str, str]] = {
     "analyze": ("albef_struct.analysis", "main", "latent geometry, linear probes and a 2-D picture of embeddings"),
+    "convert": ("albef_struct.convert", "main", "official ALBEF checkpoint -> this project's .ckpt + .safetensors"),
 }
 
 

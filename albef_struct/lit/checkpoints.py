@@ -5,39 +5,72 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from albef_struct.checkpoint import (
+    ALWAYS_FRESH_OK,
+    TASKS,
     AdaptReport,
+    AlbefImport,
     CheckpointError,
-    adapt_state_dict,
-    convert_albef_state_dict,
+    TaskWeights,
+    import_albef,
     load_checkpoint_file,
+    read_source,
+    save_safetensors,
 )
+
+if TYPE_CHECKING:
+    from albef_struct.models import ALBEF
 
 log = logging.getLogger(__name__)
 
-# Module state that may start fresh whatever the source (the image-id queue is not in ALBEF's files).
-ALWAYS_FRESH_OK = {"queue.idx": "ALBEF's pretraining checkpoints carry no image-id queue; it starts empty (-100)"}
+__all__ = [
+    "ALWAYS_FRESH_OK",
+    "load_albef",
+    "load_model",
+    "load_weights",
+    "read_state_dict",
+    "save_lightning_checkpoint",
+    "save_safetensors",
+]
 
 
 def read_state_dict(path: str | Path, fusion_layer: int) -> dict[str, torch.Tensor]:
-    """Weights of a Lightning checkpoint of this project, or of an official ALBEF file in any layout."""
-    payload = load_checkpoint_file(path)
-    if isinstance(payload, Mapping) and "state_dict" in payload and "pytorch-lightning_version" in payload:
-        return dict(payload["state_dict"])
-    state = payload.get("model", payload) if isinstance(payload, Mapping) else None
-    if not isinstance(state, Mapping) or not any(str(k).startswith("text_encoder.") for k in state):
+    """Weights of a checkpoint of this project (``.ckpt``, ``.safetensors``) or of an official ALBEF file.
+
+    Official files in any layout come back in this project's keys; their fusion
+    layer (the first layer with cross-attention) must equal ``fusion_layer``.
+    """
+    source = read_source(path)
+    if source.official and source.layout.text_layers != fusion_layer:
         raise CheckpointError(
-            f"{path} is neither a checkpoint of this project (no 'state_dict') nor an ALBEF checkpoint "
-            "(no 'text_encoder.*' keys); check that the file belongs to this model"
+            f"{path}: the checkpoint's first cross-attention layer is {source.layout.text_layers}, the model's "
+            f"text.fusion_layer is {fusion_layer}; set model.init_args.arch.text.fusion_layer to the checkpoint's"
         )
-    converted, report = convert_albef_state_dict(state, fusion_layer)
+    for key, reason in (source.conversion.dropped.items() if source.conversion else ()):
+        log.info("dropped %s: %s", key, reason)
+    return source.state
+
+
+def load_albef(
+    module: nn.Module,
+    source: str | Path | Mapping[str, Any],
+    fresh_ok: Mapping[str, str] | None = None,
+    keep: Mapping[str, str] | None = None,
+) -> AlbefImport:
+    """Import ``source`` (any ALBEF layout or this project's) into ``module`` strictly; returns the report."""
+    state, report = import_albef(source, module, fresh_ok=fresh_ok, keep=keep)
+    module.load_state_dict(state, strict=True)
+    log.info("loaded %s: %s", report.source, report.summary())
+    for key, reason in report.fresh.items():
+        log.info("fresh %s: %s", report.name(key), reason)
     for key, reason in report.dropped.items():
         log.info("dropped %s: %s", key, reason)
-    return converted
+    return report
 
 
 def load_weights(
@@ -49,24 +82,11 @@ def load_weights(
     """Load ``path`` into ``module`` (which has ``.model``, an ALBEF); every key must be explained.
 
     ``fresh_ok`` names target prefixes the file may lack; ``keep`` names target
-    prefixes that keep their current values whatever the file holds.
+    prefixes that keep their current values whatever the file holds. Returns the
+    fitting report in this project's key names (see :func:`load_albef` for the
+    full import report).
     """
-    fusion_layer = module.model.config.text.fusion_layer  # type: ignore[attr-defined]
-    state = read_state_dict(path, fusion_layer)
-    allowed = {**ALWAYS_FRESH_OK, **(fresh_ok or {})}
-    keep = dict(keep or {})
-    kept = {k: why for k in module.state_dict() for prefix, why in keep.items() if k.startswith(prefix)}
-    target = {k: v for k, v in module.state_dict().items() if k not in kept}
-    adapted, report = adapt_state_dict(state, target, allowed)
-    report.fresh.update(kept)
-    result = module.load_state_dict(adapted, strict=False)
-    unexplained = set(result.missing_keys) - set(report.fresh)
-    if unexplained or result.unexpected_keys:  # adapt_state_dict guarantees neither; keep the promise loud
-        raise CheckpointError(f"{path}: unexplained keys {sorted(unexplained)[:5]} {result.unexpected_keys[:5]}")
-    log.info("loaded %s: %s", path, report.summary())
-    for key, reason in report.fresh.items():
-        log.info("fresh %s: %s", key, reason)
-    return report
+    return load_albef(module, path, fresh_ok, keep).adapt
 
 
 def load_model(path: str | Path) -> "ALBEF":
@@ -84,3 +104,30 @@ def load_model(path: str | Path) -> "ALBEF":
     state = {k[len("model.") :]: v for k, v in payload["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
     return model.eval()
+
+
+def save_lightning_checkpoint(
+    weights: TaskWeights, task: str, path: str | Path, extra: Mapping[str, Any] | None = None
+) -> None:
+    """Write ``weights`` as a Lightning checkpoint of ``task``'s module (plain values: loads with weights_only).
+
+    ``hyper_parameters`` holds what the task module's constructor needs to rebuild
+    the same weights (``arch`` as a dict, ``queue_size`` where there is a queue),
+    so the file works with :func:`load_model`, ``init_from``, ``--ckpt_path`` and
+    ``Module.load_from_checkpoint``.
+    """
+    import pytorch_lightning as pl
+
+    hparams: dict[str, Any] = {"arch": weights.model.config.to_dict()}
+    if weights.queue is not None:
+        hparams["queue_size"] = weights.queue.size
+    payload = {
+        "state_dict": weights.state_dict(),
+        "hyper_parameters": hparams,
+        "pytorch-lightning_version": pl.__version__,
+        "epoch": 0,
+        "global_step": 0,
+        "albef_struct": {"task": task, "module": TASKS[task].module, **dict(extra or {})},
+    }
+    torch.save(payload, path)
+
