@@ -1,0 +1,529 @@
+"""VQA: a question encoder, an answer decoder, and answers ranked from a fixed candidate list.
+
+ALBEF's VQA model (salesforce/ALBEF ``models/model_vqa.py``, ``VQA.py``):
+
+* **Question encoder**: the text layers, then the fusion layers attending every
+  image token; the fused hidden states are the *question states*.
+* **Answer decoder**: ``ALBEF.answer_decoder``, a causal BERT with cross-attention
+  to the question states and a tied LM head. It has as many layers as the fusion
+  encoder (6 for ALBEF-base) and is initialised from the pretrained fusion layers,
+  embeddings and MLM head (the checkpoint converter does that).
+* **Training**: answers are ``[CLS] answer [SEP]``; every (question, answer) pair
+  costs the *sum* over answer tokens of the next-token NLL, distilled from the EMA
+  teacher (:func:`answer_losses`); the batch loss is ``Σ weight · loss / B``
+  (:func:`vqa_loss`). A question with ``n`` answers has its states repeated ``n``
+  times (:func:`repeat_per_answer`).
+* **Inference**: :func:`rank_answers` scores the candidate list (ALBEF's
+  ``answer_list.json``): the top ``k_test`` candidates by first-token probability
+  are re-scored by their full sequence likelihood; never free generation.
+
+ALBEF adds the first answer token's log-probability to a sequence log-likelihood
+that already contains it, so the first token counts twice. The default here scores
+each token once (the candidate's exact log-likelihood);
+``albef_first_token_double_count=True`` reproduces ALBEF's numbers.
+
+Validation and test report VQA accuracy (10 annotators, leave-one-out) when the
+questions carry annotator answers; test and predict write the EvalAI submission
+``[{"question_id", "answer"}]`` as ``vqa_predictions_<stage>.json`` in the run's
+results folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from albef_struct.data.collate import is_empty_batch
+from albef_struct.lit.schedule import OptimConfig
+from albef_struct.lit.task import ALBEFModule
+from albef_struct.losses import soft_cross_entropy
+from albef_struct.metrics import VQAAccuracy, normalize_answer, vqa_accuracy, write_evalai_submission
+from albef_struct.metrics.report import report_results
+from albef_struct.models import ALBEF, ALBEFConfig, VisionConfig
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+# The heads VQA builds; the user's ``arch`` chooses the sizes (and may set answer_decoder_layers).
+VQA_HEADS: dict[str, Any] = dict(
+    projections=False, itm_head=False, mlm_head=False, classifier_classes=0, ta_head=False, fusion_streams=1,
+)
+# ALBEF's VQA.yaml: 4 warm-up "epochs" of 100 iterations from 1e-5 to 2e-5, then a per-epoch cosine to 1e-6.
+VQA_OPTIM = OptimConfig(lr=2e-5, weight_decay=0.02, warmup_lr=1e-5, warmup_steps=400, min_lr=1e-6)
+
+#: ``decoder(input_ids, attention_mask, encoder_hidden, encoder_mask) -> logits [N, L, vocab]``
+Decoder = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def vqa_arch(arch: ALBEFConfig | dict[str, Any] | None) -> ALBEFConfig:
+    """``arch`` (sizes; None: ALBEF-base at 384 px) with the VQA heads.
+
+    ``answer_decoder_layers`` 0 (unset) means one decoder layer per fusion layer,
+    as ALBEF (its decoder is a copy of the fusion layers).
+    """
+    base = ALBEFConfig.from_dict(arch) if arch is not None else ALBEFConfig(vision=VisionConfig(img_size=384))
+    layers = base.answer_decoder_layers or base.text.fusion_layers
+    return replace(base, answer_decoder_layers=layers, **VQA_HEADS)
+
+
+# --- pure functions: encoder, loss, ranking ---------------------------------------------------------------
+def question_states(
+    model: ALBEF, images: torch.Tensor, question_ids: torch.Tensor, question_mask: torch.Tensor
+) -> torch.Tensor:
+    """Fused hidden states ``[B, Lq, H]``: text layers, then fusion layers attending every image token."""
+    image = model.encode_image(images).embeds
+    text = model.encode_text(question_ids, question_mask).embeds
+    return model.fuse(text, question_mask, image)
+
+
+def repeat_per_answer(
+    states: torch.Tensor,
+    mask: torch.Tensor,
+    answers_per_question: torch.Tensor | Sequence[int],
+    total: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Question ``i``'s states and mask repeated ``answers_per_question[i]`` times, in order.
+
+    ``total`` (the number of answers, ``sum(answers_per_question)``) avoids a
+    device synchronisation when given.
+    """
+    counts = torch.as_tensor(answers_per_question, dtype=torch.long, device=states.device)
+    return (
+        states.repeat_interleave(counts, dim=0, output_size=total),
+        mask.repeat_interleave(counts, dim=0, output_size=total),
+    )
+
+
+def answer_token_nll(logits: torch.Tensor, answer_ids: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
+    """Next-token NLL ``[N, L-1]`` of every answer token (``logits[:, :-1]`` predict ``ids[:, 1:]``); 0 at padding.
+
+    Column 0 is the first answer token after ``[CLS]``. Computed in float32.
+    """
+    targets = answer_ids[:, 1:].masked_fill(answer_mask[:, 1:] == 0, IGNORE_INDEX)
+    predictions = logits[:, :-1].float()
+    nll = F.cross_entropy(
+        predictions.reshape(-1, predictions.shape[-1]), targets.reshape(-1),
+        ignore_index=IGNORE_INDEX, reduction="none",
+    )
+    return nll.view(targets.shape)
+
+
+def answer_losses(
+    logits: torch.Tensor,
+    answer_ids: torch.Tensor,
+    answer_mask: torch.Tensor,
+    teacher_logits: torch.Tensor | None = None,
+    alpha: float | torch.Tensor = 0.0,
+) -> torch.Tensor:
+    """Per-answer loss ``[N]``: summed token NLL, distilled as ALBEF's answer decoder does.
+
+    ``(1 - alpha) · Σ_t NLL_t + alpha · Σ_t soft-CE(logits_t, softmax(teacher_logits_t))``
+    over the non-padding answer tokens; plain summed NLL without ``teacher_logits``.
+    """
+    nll = answer_token_nll(logits, answer_ids, answer_mask).sum(dim=1)
+    if teacher_logits is None:
+        return nll
+    soft_targets = teacher_logits[:, :-1].detach().float().softmax(dim=-1)
+    soft = soft_cross_entropy(logits[:, :-1].float(), soft_targets)
+    distill = (soft * answer_mask[:, 1:].to(soft.dtype)).sum(dim=1)
+    return (1.0 - alpha) * nll + alpha * distill
+
+
+def vqa_loss(per_answer: torch.Tensor, answer_weights: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """ALBEF's batch loss: ``Σ weight · per-answer loss / number of questions``."""
+    return (answer_weights.to(per_answer.dtype) * per_answer).sum() / batch_size
+
+
+class RankedAnswers(NamedTuple):
+    """The top-``k`` candidates per question, best first: indices into the answer list and probabilities."""
+
+    ids: torch.Tensor  # [B, k] long
+    probs: torch.Tensor  # [B, k], a softmax over the k re-scored candidates
+
+
+def rank_answers(
+    decoder: Decoder,
+    question_states: torch.Tensor,
+    question_mask: torch.Tensor,
+    answer_ids: torch.Tensor,
+    answer_mask: torch.Tensor,
+    k: int,
+    albef_first_token_double_count: bool = False,
+    chunk_size: int | None = None,
+) -> RankedAnswers:
+    """Rank the candidate answers (``[A, La]``, ``[CLS] answer [SEP]``) of every question.
+
+    1. One decoder step from ``[CLS]`` gives ``p(first token)`` of every candidate
+       (``answer_ids[:, 1]``); the top ``k`` (clamped to ``A``) are kept.
+    2. Those ``k`` candidates are teacher-forced; score = ``log p(first token) +
+       log p(rest of the sequence)``, so each token counts once (the candidate's
+       log-likelihood). ``albef_first_token_double_count`` adds the log-likelihood
+       of the *whole* sequence instead, counting the first token twice, as ALBEF.
+    3. Softmax over the ``k`` scores, sorted best first.
+
+    ``chunk_size`` bounds the candidate sequences per decoder pass (memory: the
+    logits are ``[chunk, La, vocab]``); None runs all ``B·k`` in one pass.
+    """
+    num_questions, num_answers = question_states.shape[0], answer_ids.shape[0]
+    if num_answers == 0:
+        raise ValueError("rank_answers: the answer list is empty; pass at least one candidate answer")
+    k = max(1, min(int(k), num_answers))
+    start = answer_ids[:1, :1].expand(num_questions, 1)  # [CLS]
+    start_logits = decoder(start, torch.ones_like(start), question_states, question_mask)[:, 0]
+    first_probs = start_logits.float().softmax(dim=-1).index_select(1, answer_ids[:, 1])  # [B, A]
+    topk_probs, topk_ids = first_probs.topk(k, dim=1)
+
+    candidate_ids = answer_ids[topk_ids].flatten(0, 1)  # [B*k, La], question-major
+    candidate_mask = answer_mask[topk_ids].flatten(0, 1)
+    states = question_states.repeat_interleave(k, dim=0)
+    state_mask = question_mask.repeat_interleave(k, dim=0)
+    step = candidate_ids.shape[0] if not chunk_size else int(chunk_size)
+    token_nll = torch.cat([
+        answer_token_nll(
+            decoder(candidate_ids[s : s + step], candidate_mask[s : s + step], states[s : s + step], state_mask[s : s + step]),
+            candidate_ids[s : s + step], candidate_mask[s : s + step],
+        )
+        for s in range(0, candidate_ids.shape[0], step)
+    ])  # [B*k, La-1]
+    # ALBEF counts the first answer token twice (its sequence NLL already holds it); kept behind the flag for parity.
+    sequence_nll = token_nll.sum(dim=1) if albef_first_token_double_count else token_nll[:, 1:].sum(dim=1)
+    scores = topk_probs.log() - sequence_nll.view(num_questions, k)
+    probs, order = scores.softmax(dim=1).topk(k, dim=1)
+    return RankedAnswers(topk_ids.gather(1, order), probs)
+
+
+# --- the majority-answer baseline ---------------------------------------------------------------------------
+class MajorityAnswerAccuracy(Metric):
+    """VQA accuracy of the best constant answer: always giving the same candidate (the chance level).
+
+    Sums, for every candidate of the answer list, the accuracy it would score on
+    each question seen; the best candidate's mean is the majority-answer baseline
+    (see :meth:`compute`). Questions without annotator answers are not counted.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("candidate", default=[], dist_reduce_fx="cat")
+        self.add_state("score", default=[], dist_reduce_fx="cat")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, annotator_answers: Sequence[Sequence[str]], lookup: Mapping[str, int]) -> None:
+        """Add questions (their annotator answers); ``lookup`` maps a normalised answer to its candidate index."""
+        candidates, scores, questions = [], [], 0
+        for answers in annotator_answers:
+            if not answers:
+                continue
+            questions += 1
+            for answer in {normalize_answer(a) for a in answers}:
+                index = lookup.get(answer)
+                if index is not None:  # only answers the model could give score above 0
+                    candidates.append(index)
+                    scores.append(vqa_accuracy(answer, answers))
+        self.count += questions
+        if candidates:
+            self.candidate.append(torch.tensor(candidates, dtype=torch.long, device=self.device))
+            self.score.append(torch.tensor(scores, dtype=torch.float64, device=self.device))
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """``acc`` (mean accuracy of the best candidate), ``answer_index`` (-1: none matched), ``count`` (questions)."""
+        count = self.count.clamp(min=1)
+        candidate = dim_zero_cat(self.candidate).long() if len(self.candidate) else None
+        if candidate is None or candidate.numel() == 0:
+            zero = torch.tensor(0.0, device=self.device)
+            return {"acc": zero, "answer_index": torch.tensor(-1, device=self.device), "count": self.count.clone()}
+        totals = torch.zeros(int(candidate.max()) + 1, dtype=torch.float64, device=candidate.device)
+        totals.index_add_(0, candidate, dim_zero_cat(self.score).double())
+        best = totals.argmax()
+        return {"acc": (totals[best] / count).float(), "answer_index": best, "count": self.count.clone()}
+
+
+class AnswerCandidates(NamedTuple):
+    """The answer list and its ``[CLS] answer [SEP]`` tokens."""
+
+    answers: list[str]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+
+# --- the LightningModule -------------------------------------------------------------------------------------
+class VQAModule(ALBEFModule):
+    """VQA fine-tuning (``VQADataModule`` batches) and answer ranking.
+
+    Training: :func:`answer_losses` of the online decoder against the answers
+    (distilled from the EMA teacher, updated first), reduced by :func:`vqa_loss`.
+    Validation/test: top-1 of :func:`rank_answers` over the datamodule's
+    ``answer_list``; ``val/acc`` and ``test/acc`` are VQA accuracy in percent
+    (only for questions with annotator answers). Test and predict write the
+    EvalAI file ``vqa_predictions_<stage>.json`` (gathered over all processes)
+    into :attr:`results_dir`; test also prints a table next to the
+    majority-answer baseline and writes ``vqa_test.json``. A pretraining
+    checkpoint loads with the decoder built from its fusion layers, embeddings
+    and MLM head (online and momentum alike); its projections, temperature, ITM
+    head and queues are dropped, each with its reason.
+
+    Args:
+        arch: model sizes (ALBEF-base at 384 px by default); the VQA heads are set
+            here (answer decoder with one layer per fusion layer unless
+            ``answer_decoder_layers`` is given; no projections, ITM or MLM head).
+        optim: AdamW + schedule (default: ALBEF's VQA.yaml).
+        alpha: distillation weight (ALBEF: 0.4).
+        alpha_warmup: ramp alpha from 0 over the first epoch (ALBEF's VQA.yaml: warm_up True).
+        distill: train against the momentum teacher's decoder (ALBEF: true).
+        momentum: EMA coefficient of the teacher (ALBEF: 0.995).
+        init_from: checkpoint to start from (this project's, or an official ALBEF file).
+        k_test: candidates re-scored per question (ALBEF: 128; clamped to the list size).
+        albef_first_token_double_count: score candidates as ALBEF does, counting the
+            first answer token twice (parity only; default: each token once).
+        rank_chunk_size: candidate sequences per decoder pass when ranking (memory bound).
+    """
+
+    fresh_heads: Mapping[str, str] = {}
+    result_name = "vqa_test"
+
+    def __init__(
+        self,
+        arch: ALBEFConfig | None = None,
+        optim: OptimConfig | None = None,
+        alpha: float = 0.4,
+        alpha_warmup: bool = True,
+        distill: bool = True,
+        momentum: float = 0.995,
+        init_from: str | None = None,
+        k_test: int = 128,
+        albef_first_token_double_count: bool = False,
+        rank_chunk_size: int | None = 2048,
+    ) -> None:
+        super().__init__(vqa_arch(arch), optim or VQA_OPTIM, alpha, alpha_warmup, distill, momentum, init_from)
+        if k_test < 1:
+            raise ValueError(f"k_test must be >= 1 (candidates re-scored per question), got {k_test}")
+        self.k_test = k_test
+        self.albef_first_token_double_count = albef_first_token_double_count
+        self.rank_chunk_size = rank_chunk_size
+        self.val_acc = VQAAccuracy()
+        self.test_acc = VQAAccuracy()
+        self.test_chance = MajorityAnswerAccuracy()
+        self._candidates: AnswerCandidates | None = None
+        self._answer_lookup: dict[str, int] = {}
+        self._collected: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._non_integer_ids = False
+        self.load_init_weights()
+
+    # --- the answer list -----------------------------------------------------------------------
+    def set_answer_list(self, answers: Sequence[str], tokens: Mapping[str, torch.Tensor]) -> None:
+        """Use these candidate answers (and their ``input_ids``/``attention_mask``) for ranking."""
+        ids, mask = tokens["input_ids"], tokens["attention_mask"]
+        if ids.shape[0] != len(answers) or ids.shape != mask.shape or ids.shape[1] < 2:
+            raise ValueError(
+                f"answer list of {len(answers)} answers but token ids {tuple(ids.shape)} / mask "
+                f"{tuple(mask.shape)}; pass one [CLS] answer [SEP] row per answer"
+            )
+        self._candidates = AnswerCandidates(list(answers), ids, mask)
+        lookup: dict[str, int] = {}
+        for index, answer in enumerate(answers):
+            lookup.setdefault(normalize_answer(answer), index)
+        self._answer_lookup = lookup
+
+    def _load_answer_list(self) -> None:
+        """Take the answer list from the trainer's datamodule (if it has one)."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None and getattr(datamodule, "answer_list_file", None) is not None:
+            self.set_answer_list(datamodule.answer_list, datamodule.answer_list_tokens)
+
+    def answer_candidates(self) -> AnswerCandidates:
+        """The answer list with its tokens on this module's device."""
+        if self._candidates is None:
+            raise RuntimeError(
+                "VQAModule has no answer list to rank: give the VQADataModule answer_list=<JSON list of "
+                "answers> or call module.set_answer_list(answers, tokens) before evaluating"
+            )
+        if self._candidates.input_ids.device != self.device:
+            answers, ids, mask = self._candidates
+            self._candidates = AnswerCandidates(answers, ids.to(self.device), mask.to(self.device))
+        return self._candidates
+
+    # --- model passes ----------------------------------------------------------------------------
+    def forward(
+        self, images: torch.Tensor, question_ids: torch.Tensor, question_mask: torch.Tensor, k: int | None = None
+    ) -> RankedAnswers:
+        """The online model's top-``k`` (default ``k_test``) answers per question, best first."""
+        candidates = self.answer_candidates()
+        states = question_states(self.model, images, question_ids, question_mask)
+        return rank_answers(
+            self.model.answer_decoder, states, question_mask, candidates.input_ids, candidates.attention_mask,
+            self.k_test if k is None else k, self.albef_first_token_double_count, self.rank_chunk_size,
+        )
+
+    def _decoder_logits(self, model: ALBEF, batch: Mapping[str, Any]) -> torch.Tensor:
+        states = question_states(model, batch["image"], batch["question_ids"], batch["question_mask"])
+        answer_ids = batch["answer_ids"]
+        states, mask = repeat_per_answer(states, batch["question_mask"], batch["answers_per_question"], answer_ids.shape[0])
+        return model.answer_decoder(answer_ids, batch["answer_mask"], states, mask)
+
+    def vqa_losses(self, batch: Mapping[str, Any], alpha: float | torch.Tensor) -> dict[str, torch.Tensor]:
+        """``loss`` (ALBEF's VQA loss) and ``nll`` (its undistilled part) of one batch.
+
+        The teacher is EMA-updated before its forward, as in ALBEF.
+        """
+        logits = self._decoder_logits(self.model, batch)
+        teacher_logits = None
+        if self.teacher is not None:
+            self.update_teacher()
+            with torch.no_grad():
+                teacher_logits = self._decoder_logits(self.teacher.model, batch)
+        answer_ids, answer_mask, weights = batch["answer_ids"], batch["answer_mask"], batch["answer_weights"]
+        batch_size = batch["question_ids"].shape[0]
+        per_answer = answer_losses(logits, answer_ids, answer_mask, teacher_logits, alpha)
+        losses = {"loss": vqa_loss(per_answer, weights, batch_size)}
+        if teacher_logits is not None:  # the loss mixes in the teacher's entropy; the NLL shows the fit
+            with torch.no_grad():
+                losses["nll"] = vqa_loss(answer_losses(logits, answer_ids, answer_mask), weights, batch_size)
+        return losses
+
+    def vqa_training_loss(self, batch: Mapping[str, Any], alpha: float | torch.Tensor) -> torch.Tensor:
+        """ALBEF's VQA loss of one batch (see :meth:`vqa_losses`)."""
+        return self.vqa_losses(batch, alpha)["loss"]
+
+    # --- training ---------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        if is_empty_batch(batch):
+            return None
+        alpha = self.current_alpha() if self.distill else 0.0
+        losses = self.vqa_losses(batch, alpha)
+        self.log_losses("train", losses, batch_size=batch["question_ids"].shape[0])
+        self.log("train/alpha", alpha, on_step=True, on_epoch=False)
+        return losses["loss"]
+
+    # --- evaluation ----------------------------------------------------------------------------------
+    def on_validation_start(self) -> None:
+        self._load_answer_list()
+
+    def on_test_start(self) -> None:
+        self._load_answer_list()
+
+    def on_predict_start(self) -> None:
+        self._load_answer_list()
+
+    def on_test_epoch_start(self) -> None:
+        self._collected = []
+        self._non_integer_ids = False
+
+    def on_predict_epoch_start(self) -> None:
+        self._collected = []
+        self._non_integer_ids = False
+
+    def _answer_batch(self, batch: Mapping[str, Any], stage: str) -> list[str]:
+        """Top-1 answers of a batch; updates the metrics and keeps the predictions of test/predict."""
+        top1 = self(batch["image"], batch["question_ids"], batch["question_mask"]).ids[:, 0]
+        answers = self.answer_candidates().answers
+        predicted = [answers[i] for i in top1.tolist()]
+        annotated = [(p, a) for p, a in zip(predicted, batch.get("answers") or []) if a]
+        if annotated:
+            metric = self.val_acc if stage == "val" else self.test_acc
+            metric.update([p for p, _ in annotated], [a for _, a in annotated])
+            if stage == "test":
+                self.test_chance.update([a for _, a in annotated], self._answer_lookup)
+        if stage in ("test", "predict"):
+            question_id = batch["question_id"]
+            if isinstance(question_id, torch.Tensor):
+                self._collected.append((batch["index"].to(self.device), question_id.to(self.device), top1))
+            else:
+                self._non_integer_ids = True
+        return predicted
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if not is_empty_batch(batch):
+            self._answer_batch(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if not is_empty_batch(batch):
+            self._answer_batch(batch, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        """``[{"question_id", "answer"}]`` of the batch (also kept for the EvalAI file)."""
+        if is_empty_batch(batch):
+            return []
+        predicted = self._answer_batch(batch, "predict")
+        question_id = batch["question_id"]
+        ids = question_id.tolist() if isinstance(question_id, torch.Tensor) else list(question_id)
+        return [{"question_id": q, "answer": a} for q, a in zip(ids, predicted)]
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.world_size > 1 or self.val_acc.update_count:
+            acc = 100.0 * self.val_acc.compute()  # syncs across processes; NaN: no annotated question
+            if torch.isfinite(acc):
+                self.log("val/acc", acc, prog_bar=True)
+        self.val_acc.reset()
+
+    def on_test_epoch_end(self) -> None:
+        path = self._write_predictions("test")
+        # compute() syncs across processes, so every rank calls it; NaN: no annotated question anywhere
+        acc = 100.0 * self.test_acc.compute() if self.trainer.world_size > 1 or self.test_acc.update_count else None
+        chance = self.test_chance.compute() if acc is not None else None
+        self.test_acc.reset()
+        self.test_chance.reset()
+        if acc is not None and torch.isfinite(acc):
+            self.log("test/acc", acc)
+        else:
+            acc = None
+        if not self.trainer.is_global_zero:
+            return
+        extra: dict[str, Any] = {"predictions_file": str(path) if path else None}
+        if acc is None:
+            extra["note"] = "no annotator answers in the test set: submit the predictions file to EvalAI"
+            report_results(self.results_dir, self.result_name, {}, {}, extra=extra)
+            return
+        best = int(chance["answer_index"])
+        extra.update(n_annotated_questions=int(chance["count"]),
+                     majority_answer=self.answer_candidates().answers[best] if best >= 0 else None)
+        report_results(
+            self.results_dir, self.result_name, {"acc": float(acc)}, {"acc": 100.0 * float(chance["acc"])}, extra=extra
+        )
+
+    def on_predict_epoch_end(self) -> None:
+        self._write_predictions("predict")
+
+    # --- the EvalAI file -----------------------------------------------------------------------------
+    def _gather_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` ``[n, ...]`` of every process concatenated (ranks may hold different ``n``)."""
+        if self.trainer.world_size <= 1:
+            return tensor
+        sizes = self.all_gather(torch.tensor(tensor.shape[0], device=self.device)).flatten()
+        longest = int(sizes.max())
+        padded = tensor.new_zeros((longest, *tensor.shape[1:]))
+        padded[: tensor.shape[0]] = tensor
+        gathered = self.all_gather(padded)  # [world, longest, ...]
+        return torch.cat([gathered[r, : int(n)] for r, n in enumerate(sizes.tolist())])
+
+    def _write_predictions(self, stage: str) -> Path | None:
+        """Write ``vqa_predictions_<stage>.json`` (rank 0) from every process's predictions."""
+        if self._non_integer_ids:
+            log.warning("VQA %s: question ids are not integers, so no EvalAI file is written", stage)
+            return None
+        empty = torch.zeros(0, dtype=torch.long, device=self.device)
+        rows = [torch.cat(column) if column else empty for column in zip(*self._collected)] or [empty] * 3
+        index, question_id, answer = (self._gather_rows(t.long()) for t in rows)
+        self._collected = []
+        if not self.trainer.is_global_zero or index.numel() == 0:
+            return None
+        # Distributed samplers repeat a few items to even out the ranks: keep one per dataset row, in file order.
+        order = torch.argsort(index, stable=True)
+        index, question_id, answer = index[order], question_id[order], answer[order]
+        first = torch.ones_like(index, dtype=torch.bool)
+        first[1:] = index[1:] != index[:-1]
+        answers = self.answer_candidates().answers
+        path = Path(self.results_dir) / f"vqa_predictions_{stage}.json"
+        write_evalai_submission(path, question_id[first].tolist(), [answers[i] for i in answer[first].tolist()])
+        print(f"VQA {stage} predictions (EvalAI format) written to {path}")
+        return path
