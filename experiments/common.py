@@ -51,6 +51,7 @@ class RunSpec:
     k_test: int = 16
     seed: int = 0
     num_workers: int = 1
+    randaugment: bool = False  # ALBEF's RandomAugment equalises/auto-contrasts away the colours the captions name
 
 
 def ensure_demo_data(path: str | Path, info_gap: bool = False, **sizes: int) -> Path:
@@ -86,6 +87,7 @@ def train_and_test(spec: RunSpec, out: Path) -> tuple[dict[str, float], Pretrain
         eval_batch_size=128,
         num_workers=spec.num_workers,
         hflip=False,
+        randaugment=spec.randaugment,
         crop_scale=(0.8, 1.0),
         max_tokens=40,
         seed=spec.seed,

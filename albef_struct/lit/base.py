@@ -82,8 +82,15 @@ class ALBEFLitBase(pl.LightningModule):
 
     @property
     def results_dir(self) -> str:
-        """Where result tables (JSON) of this run go: the logger's folder, else the root dir."""
-        return self.trainer.log_dir or self.trainer.default_root_dir
+        """Where result tables (JSON) of this run go: the first logger's folder, else the root dir.
+
+        Read from the logger directly: ``trainer.log_dir`` broadcasts from rank 0, so
+        calling it on rank 0 alone (as result writers do) would hang under DDP.
+        """
+        loggers = self.trainer.loggers
+        if loggers:
+            return str(loggers[0].log_dir or loggers[0].save_dir or self.trainer.default_root_dir)
+        return str(self.trainer.default_root_dir)
 
     # --- logging -------------------------------------------------------------------
     def log_losses(self, stage: str, losses: Mapping[str, torch.Tensor], batch_size: int) -> None:

@@ -1,0 +1,81 @@
+"""What ``benchmarks.run`` measures, in priority order (rows past the time budget are skipped)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Row = dict[str, Any]
+
+# Rough wall-clock cost of a row (seconds, incl. the ~4 s process start), as measured with one
+# thread on the shared 2-core machine (a cold inductor cache makes compile rows slower);
+# the runner skips a row whose estimate no longer fits the remaining budget.
+COST = {"tiny": 15, "small": 30, "base": 60, "compile_tiny": 150, "compile_small": 400}
+
+
+def step_row(workload: str, size: str, variant: str = "fast", **extra: Any) -> Row:
+    steps = {"tiny": (2, 3), "small": (1, 3), "base": (1, 2)}[size]
+    row: Row = {"kind": "step", "workload": workload, "size": size, "variant": variant, "warmup": steps[0], "steps": steps[1]}
+    row["flops"] = variant in ("fast", "plain") or workload != "pretrain"
+    row["cost"] = COST[f"compile_{size}"] if "compile" in variant else COST[size]
+    row.update(extra)
+    return row
+
+
+def rerank_row(size: str, n_images: int, k_test: int, **extra: Any) -> Row:
+    return {"kind": "rerank", "size": size, "n_images": n_images, "k_test": k_test, "texts_per_image": 1,
+            "batch_size": 256, "cost": 8 + 3 * k_test * n_images // 1000, **extra}
+
+
+def memory_row(contrastive: str, batch: int, size: str = "tiny") -> Row:
+    """Contrastive-only step (ITM/MLM off); the decomposable loss needs no queue, so it gets none."""
+    queue = 65536 if contrastive == "infonce_queue" else 1
+    return step_row("pretrain", size, "fast", contrastive=contrastive, objective="contrastive", batch=batch,
+                    queue_size=queue, warmup=1, steps=2, flops=False, group="memory")
+
+
+def ab_row(size: str, variants: list[str], rounds: int = 3, cost: int | None = None, flops: bool = False) -> Row:
+    """Variants stepped in turn in one process; the first is the reference of the speedups."""
+    per_step = {"tiny": 3, "small": 8, "base": 40}[size]
+    estimate = 10 + per_step * len(variants) * (rounds + 1)
+    return {"kind": "ab", "workload": "pretrain", "size": size, "variants": variants, "rounds": rounds, "warmup": 1,
+            "flops": flops, "cost": cost or estimate}
+
+
+TINY_AB = ["plain", "fast", "fast_bf16", "fast_eager", "fast_ckpt", "fast_fused_adamw", "plain_bf16"]
+SMALL_AB = ["plain", "fast", "fast_bf16", "fast_eager", "fast_ckpt"]
+
+
+def full_plan(compile_small: bool = False) -> list[Row]:
+    rows = [
+        ab_row("small", SMALL_AB, rounds=2, flops=True, cost=100),
+        step_row("pretrain", "small", "fast", profile=True),
+        step_row("pretrain", "small", "plain"),
+        ab_row("tiny", TINY_AB, flops=True),
+        *(step_row("pretrain", "tiny", v) for v in ("plain", "fast")),
+        *(step_row(task, "tiny") for task in ("retrieval", "ve", "nlvr", "vqa")),
+        rerank_row("tiny", 1000, 4),
+        rerank_row("tiny", 5000, 4),
+        *(memory_row(loss, b) for loss in ("infonce_queue", "decomposable") for b in (8, 32, 128)),
+        ab_row("tiny", ["fast", "fast_compile"], cost=COST["compile_tiny"]),
+        step_row("pretrain", "base", "fast"),
+        *(step_row("pretrain", size, v) for size in ("small", "tiny") for v in ("fast_ckpt", "fast_bf16")),
+        *(step_row(task, "small") for task in ("retrieval", "ve", "nlvr", "vqa")),
+        step_row("pretrain", "base", "fast_bf16"),
+        ab_row("tiny", ["fast_bf16", "fast_bf16_compile"], cost=COST["compile_tiny"]),
+        step_row("retrieval", "base"),
+        step_row("ve", "base"),
+    ]
+    if compile_small:
+        rows.insert(4, ab_row("small", ["fast", "fast_compile"], cost=COST["compile_small"]))
+    return rows
+
+
+def quick_plan() -> list[Row]:
+    """Tiny configuration only; the profile is of the tiny step."""
+    return [
+        ab_row("tiny", ["plain", "fast", "fast_bf16"], rounds=2, flops=True),
+        step_row("pretrain", "tiny", "fast", warmup=1, steps=2, profile=True),
+        *(step_row(task, "tiny", warmup=1, steps=1) for task in ("retrieval", "ve")),
+        rerank_row("tiny", 1000, 4),
+        *(memory_row(loss, 16) for loss in ("infonce_queue", "decomposable")),
+    ]

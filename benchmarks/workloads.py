@@ -1,0 +1,200 @@
+"""Training steps to time: pretraining (with fast-path variants) and the task modules under ``tasks/``.
+
+A step is forward + backward + AdamW on a fixed synthetic batch, run through the
+modules' own loss methods (``PretrainModule.pretrain_losses``,
+``RetrievalModule.retrieval_losses``, ...), so momentum update, queue, hard
+negatives and MLM are all included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from albef_struct.lit.base import decay_groups
+from albef_struct.lit.compile import compile_module_encoders
+from benchmarks.sizes import Size, classification_batch, pretrain_batch, vqa_batch
+
+ALPHA = 0.4
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One combination of the speed switches."""
+
+    name: str
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast)
+    attention: str = "sdpa"  # "sdpa" or "eager"
+    checkpointing: bool = False
+    compile: bool = False
+    single_itm: bool = True  # PretrainModule.itm_single_fusion_call
+    masked_mlm: bool = True  # PretrainModule.mlm_masked_positions_only
+    fused_adamw: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("plain", attention="eager", single_itm=False, masked_mlm=False),
+        Variant("fast"),
+        Variant("fast_bf16", precision="bf16"),
+        Variant("fast_eager", attention="eager"),
+        Variant("fast_ckpt", checkpointing=True),
+        Variant("fast_fused_adamw", fused_adamw=True),
+        Variant("fast_compile", compile=True),
+        Variant("fast_bf16_compile", precision="bf16", compile=True),
+        Variant("plain_bf16", precision="bf16", attention="eager", single_itm=False, masked_mlm=False),
+    )
+}
+
+# Task modules that may exist under tasks/: (module, class, loss methods to try, batch kind, classes).
+# A loss method takes ``(batch, alpha)`` and returns the loss or a dict with "loss".
+TASKS: dict[str, tuple[str, str, tuple[str, ...], str, int]] = {
+    "retrieval": ("tasks.retrieval", "RetrievalModule", ("retrieval_losses",), "pretrain", 0),
+    "ve": ("tasks.ve", "VEModule", ("classification_losses",), "classify1", 3),
+    "nlvr": ("tasks.nlvr", "NLVRModule", ("classification_losses", "nlvr_loss"), "classify2", 2),
+    "vqa": ("tasks.vqa", "VQAModule", ("vqa_training_loss",), "vqa", 0),
+}
+
+
+def _loss_method(cls: type, methods: tuple[str, ...]) -> str | None:
+    return next((m for m in methods if hasattr(cls, m)), None)
+
+
+@dataclass
+class Workload:
+    """A ready-to-run training step."""
+
+    step: Callable[[], torch.Tensor]
+    batch_size: int
+    module: nn.Module
+    info: dict[str, Any]
+
+
+def task_missing(task: str) -> str | None:
+    """Why a task cannot be benchmarked (None when it can)."""
+    module_name, class_name, methods, kind, _ = TASKS[task]
+    if importlib.util.find_spec(module_name) is None:
+        return f"{module_name.replace('.', '/')}.py does not exist"
+    module = importlib.import_module(module_name)
+    cls = getattr(module, class_name, None)
+    if cls is None or _loss_method(cls, methods) is None:
+        return f"{module_name} has no {class_name} with a loss method {' or '.join(methods)}"
+    return None
+
+
+def autocast(precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast("cpu" if not torch.cuda.is_available() else "cuda", dtype=torch.bfloat16)
+    if precision != "fp32":
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    return contextlib.nullcontext()
+
+
+def make_optimizer(module: nn.Module, fused: bool) -> torch.optim.Optimizer:
+    """AdamW with ALBEF's decay groups, as ``ALBEFLitBase.configure_optimizers`` builds it."""
+    groups = decay_groups(module.named_parameters(), 0.02, ("contrastive.",))
+    return torch.optim.AdamW(groups, lr=1e-4, **({"fused": True} if fused else {}))
+
+
+def _train_step(module: nn.Module, loss_fn: Callable[[], torch.Tensor], variant: Variant) -> Callable[[], torch.Tensor]:
+    optimizer = make_optimizer(module, variant.fused_adamw)
+
+    def step() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(variant.precision):
+            loss = loss_fn()
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+def _finish(module: nn.Module, variant: Variant) -> None:
+    module.train()
+    if variant.compile:
+        compile_module_encoders(module)
+
+
+def pretrain_workload(
+    size: Size,
+    variant: Variant,
+    batch: int | None = None,
+    contrastive: str = "infonce_queue",
+    objective: str = "full",
+    queue_size: int = 65536,
+    num_samples: int = 4_000_000,
+) -> Workload:
+    """``PretrainModule.pretrain_losses`` + AdamW. ``objective``: ``full`` (ITC+ITM+MLM) or ``contrastive``."""
+    from albef_struct.lit.pretrain import PretrainModule
+
+    args: dict[str, Any] = {}
+    if contrastive == "decomposable":
+        args = {"num_samples": num_samples}
+    module = PretrainModule(
+        arch=size.arch(mlm_head=True, attention=variant.attention, grad_checkpointing=variant.checkpointing),
+        queue_size=queue_size,
+        contrastive=contrastive,
+        contrastive_args=args,
+        itm_weight=1.0 if objective == "full" else 0.0,
+        mlm_weight=1.0 if objective == "full" else 0.0,
+        itm_single_fusion_call=variant.single_itm,
+        mlm_masked_positions_only=variant.masked_mlm,
+    )
+    _finish(module, variant)
+    data = pretrain_batch(size, batch)
+    if contrastive == "decomposable":
+        data["index"] = torch.randperm(num_samples, generator=torch.Generator().manual_seed(0))[: data["index"].shape[0]]
+    step = _train_step(module, lambda: module.pretrain_losses(data, ALPHA)["loss"], variant)
+    info = {"contrastive": contrastive, "objective": objective, "queue_size": queue_size}
+    if contrastive == "decomposable":
+        info["num_samples"] = num_samples
+    return Workload(step, data["image"].shape[0], module, info)
+
+
+def task_workload(task: str, size: Size, variant: Variant) -> Workload:
+    """One fine-tuning step of a task module under ``tasks/`` (see :func:`task_missing`)."""
+    reason = task_missing(task)
+    if reason:
+        raise RuntimeError(f"task {task!r} cannot be benchmarked: {reason}")
+    module_name, class_name, methods, kind, classes = TASKS[task]
+    cls = getattr(importlib.import_module(module_name), class_name)
+    method = _loss_method(cls, methods)
+    arch = size.arch(attention=variant.attention, grad_checkpointing=variant.checkpointing)
+    module = cls(arch=arch) if task != "retrieval" else cls(arch=arch, queue_size=65536)
+    _finish(module, variant)
+    if kind == "pretrain":
+        data = pretrain_batch(size)
+    elif kind == "vqa":
+        data = vqa_batch(size)
+    else:
+        data = classification_batch(size, classes, images=1 if kind == "classify1" else 2)
+    loss_method = getattr(module, method)
+
+    def loss_fn() -> torch.Tensor:
+        out = loss_method(data, ALPHA)
+        return out["loss"] if isinstance(out, dict) else out
+
+    step = _train_step(module, loss_fn, variant)
+    return Workload(step, size.batch, module, {"task_module": f"{module_name}.{class_name}"})
+
+
+def with_batch(size: Size, batch: int) -> Size:
+    return replace(size, batch=batch)
+
+
+def parameter_count(module: nn.Module) -> dict[str, int]:
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in module.parameters())
+    return {"trainable": trainable, "total": total}

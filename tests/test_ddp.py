@@ -1,0 +1,305 @@
+"""Two CPU processes (gloo) through Lightning's DDP strategy against one process on the combined batch.
+
+The test starts two worker processes of this file (``python -m tests.test_ddp``)
+with Lightning's launch variables (``LOCAL_RANK``, ``NODE_RANK``, ``MASTER_*``),
+so each runs ``Trainer(accelerator="cpu", devices=2, strategy=DDPStrategy("gloo"))``
+exactly as a ``torchrun``/SLURM launch would. Each worker trains one step per
+contrastive loss and runs one retrieval evaluation, and saves what it saw; the
+test computes the single-process references itself and compares.
+
+ITM and MLM are off (``itm_weight = mlm_weight = 0``): ALBEF draws hard negatives
+per rank from the local batch, so they cannot match a single process on the
+combined batch. Dropout is off, weights start from the same file, and DDP runs
+with ``broadcast_buffers=False``: the queue and the per-sample state stay
+identical on every rank because every rank applies the same gathered update.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from albef_struct.lit.pretrain import PretrainModule
+from albef_struct.lit.schedule import OptimConfig
+from tests.conftest import tiny_config
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+WORLD, PER_RANK = 2, 4
+NUM_SAMPLES = 32  # size of the decomposable loss's per-sample state
+EVAL_IMAGES, CAPTIONS_PER_IMAGE = 7, 3  # 7 images: the distributed sampler pads rank 1
+CASES = ("infonce", "decomposable", "infonce_queue")
+WORKER_TIMEOUT_S = 150
+
+
+# --- shared by the workers and the test ---------------------------------------------------------
+class EvalModule(PretrainModule):
+    """``PretrainModule`` that also saves the re-ranked score matrices on rank 0."""
+
+    def _finish_retrieval(self, stage: str):
+        """Also save the re-ranked score matrices (rank 0), to compare more than the rounded recalls."""
+        from albef_struct.lit import retrieval_eval
+
+        original, captured = retrieval_eval.rerank, {}
+
+        def recording(*args, **kwargs):
+            captured["scores"] = original(*args, **kwargs)
+            return captured["scores"]
+
+        retrieval_eval.rerank = recording
+        try:
+            result = super()._finish_retrieval(stage)
+        finally:
+            retrieval_eval.rerank = original
+        if "scores" in captured and self.trainer.is_global_zero:
+            Path(self.results_dir).mkdir(parents=True, exist_ok=True)
+            torch.save(captured["scores"], Path(self.results_dir) / f"scores_{stage}.pt")
+        return result
+
+
+def build_module(contrastive: str, cls: type[PretrainModule] = PretrainModule) -> PretrainModule:
+    arch = tiny_config()
+    arch = replace(arch, text=replace(arch.text, hidden_dropout=0.0, attention_dropout=0.0))
+    args = {"num_samples": NUM_SAMPLES, "gamma": 0.5} if contrastive == "decomposable" else {}
+    torch.manual_seed(0)
+    return cls(
+        arch=arch, optim=OptimConfig(lr=1e-4, warmup_steps=0), queue_size=16, contrastive=contrastive,
+        contrastive_args=args, itm_weight=0.0, mlm_weight=0.0, alpha_warmup=False, k_test=3,
+    )
+
+
+def initial_state(contrastive: str) -> dict[str, torch.Tensor]:
+    """The module's starting weights; the decomposable state starts half visited (the EMA path runs)."""
+    module = build_module(contrastive)
+    if contrastive == "decomposable":
+        g = torch.Generator().manual_seed(1)
+        loss = module.contrastive
+        loss.log_avg_i2t.copy_(torch.randn(NUM_SAMPLES, generator=g))
+        loss.log_avg_t2i.copy_(torch.randn(NUM_SAMPLES, generator=g))
+        loss.visited.copy_(torch.arange(NUM_SAMPLES) % 2 == 0)
+    return module.state_dict()
+
+
+def global_batch() -> dict[str, torch.Tensor]:
+    """The combined batch; rank r holds rows ``[r * PER_RANK, (r + 1) * PER_RANK)``."""
+    g = torch.Generator().manual_seed(2)
+    n, length = WORLD * PER_RANK, 8
+    ids = torch.randint(1000, 30000, (n, length), generator=g)
+    ids[:, 0] = 101
+    mask = (torch.arange(length)[None] < torch.randint(4, length + 1, (n,), generator=g)[:, None]).long()
+    return {
+        "image": torch.randn(n, 3, 32, 32, generator=g),
+        "input_ids": ids * mask,
+        "attention_mask": mask,
+        "index": torch.randperm(NUM_SAMPLES, generator=g)[:n],
+    }
+
+
+def rank_batch(rank: int) -> dict[str, torch.Tensor]:
+    return {k: v[rank * PER_RANK : (rank + 1) * PER_RANK] for k, v in global_batch().items()}
+
+
+def saved_state(module: PretrainModule) -> dict[str, torch.Tensor]:
+    """The cross-rank state: queue buffers and the decomposable loss's per-sample state."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items() if k.startswith(("queue.", "contrastive."))}
+
+
+class Items(Dataset):
+    def __init__(self, items: list[dict[str, torch.Tensor]]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.items[i]
+
+
+def trimmed_collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack, and cut texts to the batch's longest caption (ranks then see different lengths)."""
+    batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+    if "attention_mask" in batch:
+        width = int(batch["attention_mask"].sum(1).max())
+        batch["input_ids"], batch["attention_mask"] = batch["input_ids"][:, :width], batch["attention_mask"][:, :width]
+    return batch
+
+
+def eval_loaders() -> list[DataLoader]:
+    """Retrieval evaluation pair: an image loader and a caption loader (ALBEF's layout)."""
+    g = torch.Generator().manual_seed(3)
+    images = [{"image": torch.randn(3, 32, 32, generator=g), "image_index": torch.tensor(i)} for i in range(EVAL_IMAGES)]
+    texts = []
+    for t in range(EVAL_IMAGES * CAPTIONS_PER_IMAGE):
+        length = int(torch.randint(3, 9, (1,), generator=g))
+        ids = torch.zeros(9, dtype=torch.long)
+        ids[:length] = torch.randint(1000, 30000, (length,), generator=g)
+        ids[0] = 101
+        texts.append({"input_ids": ids, "attention_mask": (ids > 0).long(), "text_index": torch.tensor(t),
+                      "image_index": torch.tensor(t // CAPTIONS_PER_IMAGE)})
+    return [DataLoader(Items(items), batch_size=3, collate_fn=trimmed_collate) for items in (images, texts)]
+
+
+def trainer(devices: int, root: Path, callbacks: list | None = None, **kwargs):
+    import pytorch_lightning as pl
+    from pytorch_lightning.strategies import DDPStrategy
+
+    strategy = "auto"
+    if devices > 1:
+        strategy = DDPStrategy(
+            process_group_backend="gloo", broadcast_buffers=False, find_unused_parameters=True,
+            timeout=timedelta(seconds=60),
+        )
+    return pl.Trainer(
+        accelerator="cpu", devices=devices, num_nodes=1, strategy=strategy, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        default_root_dir=root, callbacks=callbacks or [], **kwargs,
+    )
+
+
+# --- the worker ---------------------------------------------------------------------------------------
+def _capture_callback():
+    import pytorch_lightning as pl
+
+    class Capture(pl.Callback):
+        """Loss, the synchronised gradients (before the optimizer step) and the cross-rank state."""
+
+        def __init__(self) -> None:
+            self.record: dict = {}
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+            self.record["grads"] = {n: p.grad.clone() for n, p in pl_module.named_parameters() if p.grad is not None}
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.record["loss"] = outputs["loss"].detach().clone()
+            self.record["state"] = saved_state(pl_module)
+
+    return Capture()
+
+
+def worker(rank: int, out: Path) -> None:
+    torch.set_num_threads(1)
+    for case in CASES:
+        module = build_module(case)
+        module.load_state_dict(torch.load(out / f"init_{case}.pt", weights_only=True))
+        capture = _capture_callback()
+        loader = DataLoader(Items([rank_batch(rank)]), batch_size=None)
+        trainer(WORLD, out / "ddp", [capture], max_steps=1, use_distributed_sampler=False).fit(module, loader)
+        torch.save(capture.record, out / f"{case}_rank{rank}.pt")
+    module = build_module("infonce", EvalModule)
+    module.load_state_dict(torch.load(out / "init_infonce.pt", weights_only=True))
+    trainer(WORLD, out / "eval_ddp").test(module, eval_loaders(), verbose=False)
+
+
+# --- the test ------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(out: Path) -> list[subprocess.CompletedProcess]:
+    """Start both ranks; kill them if they outlive the timeout."""
+    port = str(free_port())
+    procs = []
+    for rank in range(WORLD):
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": "0", "LOCAL_RANK": str(rank),
+               "WORLD_SIZE": str(WORLD), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+        env.pop("PYTEST_XDIST_WORKER", None)
+        procs.append(subprocess.Popen([sys.executable, "-m", "tests.test_ddp", str(rank), str(out)], cwd=REPO, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    results = []
+    for proc in procs:
+        try:
+            stdout, _ = proc.communicate(timeout=WORKER_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            pytest.fail(f"DDP worker timed out after {WORKER_TIMEOUT_S} s")
+        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout))
+    return results
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ddp")
+    for case in CASES:
+        torch.save(initial_state(case), out / f"init_{case}.pt")
+    for rank, result in enumerate(launch(out)):
+        assert result.returncode == 0, f"DDP worker failed:\n{result.stdout[-4000:]}"
+        assert f"MEMBER: {rank + 1}/{WORLD}" in result.stdout  # Lightning ran it as rank {rank} of 2
+    return out
+
+
+def single_process(out: Path, case: str) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Loss, gradients and state of one process on the combined batch."""
+    module = build_module(case)
+    module.load_state_dict(torch.load(out / f"init_{case}.pt", weights_only=True))
+    module.train()
+    loss = module.pretrain_losses(global_batch(), alpha=module.alpha)["loss"]
+    loss.backward()
+    grads = {n: p.grad for n, p in module.named_parameters() if p.grad is not None}
+    return loss.detach(), grads, saved_state(module)
+
+
+def load_ranks(out: Path, case: str) -> list[dict]:
+    return [torch.load(out / f"{case}_rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+@pytest.mark.parametrize("case", ["infonce", "decomposable"])
+def test_loss_and_gradients_equal_one_process_on_the_combined_batch(ddp_run, case):
+    loss, grads, state = single_process(ddp_run, case)
+    ranks = load_ranks(ddp_run, case)
+    # DDP averages the ranks' gradients: the single-process loss is the mean of the rank losses
+    torch.testing.assert_close(sum(r["loss"] for r in ranks) / WORLD, loss, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(ranks[0]["loss"], ranks[1]["loss"])  # each rank's own anchors
+    for r in ranks:
+        assert r["grads"].keys() == grads.keys() and len(grads) > 10
+        for name, g in grads.items():
+            torch.testing.assert_close(r["grads"][name], g, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+    if case == "decomposable":  # per-sample state: identical on both ranks and equal to one process
+        for r in ranks:
+            for name, value in state.items():
+                torch.testing.assert_close(r["state"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+        assert int(state["contrastive.visited"].sum()) > NUM_SAMPLES // 2  # this step visited new samples
+
+
+def test_queue_receives_the_momentum_features_of_both_ranks(ddp_run):
+    _, _, state = single_process(ddp_run, "infonce_queue")
+    ranks = load_ranks(ddp_run, "infonce_queue")
+    assert int(state["queue.ptr"]) == WORLD * PER_RANK
+    initial = torch.load(ddp_run / "init_infonce_queue.pt", weights_only=True)
+    assert not torch.equal(state["queue.image_feats"][:, : WORLD * PER_RANK], initial["queue.image_feats"][:, : WORLD * PER_RANK])
+    for r in ranks:
+        for name, value in state.items():
+            torch.testing.assert_close(r["state"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_sharded_retrieval_evaluation_equals_one_process(ddp_run):
+    import json
+
+    module = build_module("infonce", EvalModule)
+    module.load_state_dict(torch.load(ddp_run / "init_infonce.pt", weights_only=True))
+    trainer(1, ddp_run / "eval_single").test(module, eval_loaders(), verbose=False)
+    single = json.loads((ddp_run / "eval_single" / "retrieval_test.json").read_text())
+    sharded = json.loads((ddp_run / "eval_ddp" / "retrieval_test.json").read_text())
+    assert sharded["metrics"] == single["metrics"]
+    assert sharded["chance"] == single["chance"]
+    # every rank re-ranked its own rows: the gathered score matrices equal one process's
+    for a, b in zip(torch.load(ddp_run / "eval_ddp" / "scores_test.pt"), torch.load(ddp_run / "eval_single" / "scores_test.pt")):
+        assert a.shape == b.shape and EVAL_IMAGES in a.shape and EVAL_IMAGES * CAPTIONS_PER_IMAGE in a.shape
+        assert torch.equal(a == -100, b == -100)  # the same top-k_test candidates
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+if __name__ == "__main__":
+    worker(int(sys.argv[1]), Path(sys.argv[2]))

@@ -1,0 +1,331 @@
+"""Every speed switch against the plain path: same numbers (or a stated tolerance), and it really switches.
+
+Dropout is off in the equivalence tests (``hidden_dropout = attention_dropout = 0``)
+and every random draw (MLM masking, hard negatives) is seeded identically on both sides.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from albef_struct.lit.compile import ENCODERS, CompileEncoders, compile_encoders
+from albef_struct.lit.pretrain import PretrainModule
+from albef_struct.lit.schedule import OptimConfig
+from albef_struct.models import ALBEF, ALBEFConfig
+from tests.conftest import tiny_config
+
+
+def quiet_arch(**overrides) -> ALBEFConfig:
+    """The tiny test architecture without dropout."""
+    arch = tiny_config(**overrides)
+    return replace(arch, text=replace(arch.text, hidden_dropout=0.0, attention_dropout=0.0))
+
+
+def make_module(arch: ALBEFConfig | None = None, **kwargs) -> PretrainModule:
+    torch.manual_seed(0)
+    module = PretrainModule(arch=arch or quiet_arch(), queue_size=64, alpha_warmup=False, **kwargs)
+    return module.train()
+
+
+def make_batch(n: int = 4, length: int = 9, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, 30000, (n, length), generator=g)
+    ids[:, 0] = 101
+    lengths = torch.tensor([length] + [length - 2 - (i % 3) for i in range(1, n)])
+    mask = (torch.arange(length)[None] < lengths[:, None]).long()
+    return {
+        "image": torch.randn(n, 3, 32, 32, generator=g),
+        "input_ids": ids * mask,
+        "attention_mask": mask,
+        "index": torch.arange(n),
+    }
+
+
+def seeded_losses(module: PretrainModule, batch: dict, seed: int = 1, alpha: float = 0.4) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)  # MLM masking and hard negatives draw from the global generator
+    return module.pretrain_losses(batch, alpha)
+
+
+def grads_of(module: PretrainModule, loss: torch.Tensor, retain_graph: bool = False) -> dict[str, torch.Tensor]:
+    params = {n: p for n, p in module.named_parameters() if p.requires_grad}
+    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True, retain_graph=retain_graph)
+    return {n: g for n, g in zip(params, grads) if g is not None}
+
+
+def assert_same_grads(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], **tol) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], msg=lambda m, n=name: f"{n}: {m}", **tol)
+
+
+class OpRecorder(TorchDispatchMode):
+    """Records the names of the aten ops that run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+def saved_activation_bytes(fn) -> int:
+    """Bytes of the distinct storages autograd saves for backward while ``fn`` runs."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+# --- SDPA vs eager attention -------------------------------------------------------------------------
+def set_attention(module: PretrainModule, implementation: str) -> None:
+    module.model.set_attention(implementation)
+    module.teacher.model.set_attention(implementation)
+
+
+def test_sdpa_and_eager_attention_give_the_same_outputs_loss_and_gradients():
+    sdpa = make_module()
+    eager = copy.deepcopy(sdpa)
+    set_attention(eager, "eager")
+    batch = make_batch()
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    recorders = {}
+    outputs = {}
+    for name, module in (("sdpa", sdpa), ("eager", eager)):
+        model = module.model
+        with OpRecorder() as recorder:
+            image = model.encode_image(batch["image"])
+            text = model.encode_text(ids, mask)
+            fused = model.fuse(text.embeds, mask, image.embeds)
+            mlm = model.mlm_logits(ids, mask, image.embeds)
+        recorders[name] = recorder.ops
+        outputs[name] = (image.embeds, image.feat, text.embeds, text.feat, fused, mlm)
+    for a, b in zip(outputs["sdpa"], outputs["eager"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # the switch is real: only the SDPA model calls the fused attention kernel
+    assert any("scaled_dot_product" in op for op in recorders["sdpa"])
+    assert not any("scaled_dot_product" in op for op in recorders["eager"])
+
+    loss_sdpa = seeded_losses(sdpa, batch)["loss"]
+    loss_eager = seeded_losses(eager, batch)["loss"]
+    torch.testing.assert_close(loss_sdpa, loss_eager, rtol=1e-5, atol=1e-5)
+    assert_same_grads(grads_of(sdpa, loss_sdpa), grads_of(eager, loss_eager), rtol=1e-4, atol=1e-6)
+
+
+# --- one fusion call for ITM ---------------------------------------------------------------------------
+def test_single_fusion_call_itm_equals_two_calls():
+    module = make_module()
+    batch = make_batch(n=6)
+    enc = module.encode_batch(batch)
+    itc = module.contrastive_step(enc, batch, alpha=0.4)
+    calls = []
+    hook = module.model.fusion_encoder.register_forward_hook(lambda mod, args, out: calls.append(out.shape[0]))
+    results = {}
+    for single in (True, False):
+        module.itm_single_fusion_call = single
+        calls.clear()
+        torch.manual_seed(3)  # the same hard negatives on both paths
+        loss = module.itm(enc.image, enc.text, batch["attention_mask"], itc.sim_i2t.detach(), itc.sim_t2i.detach())
+        results[single] = (loss, list(calls), grads_of(module, loss, retain_graph=True))
+    hook.remove()
+    assert results[True][1] == [18] and results[False][1] == [6, 12]
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-6, atol=1e-6)
+    assert_same_grads(results[True][2], results[False][2], rtol=1e-5, atol=1e-7)
+
+
+# --- MLM logits at masked positions only ------------------------------------------------------------
+def test_mlm_on_masked_positions_only_equals_full_projection():
+    module = make_module()
+    batch = make_batch()
+    enc = module.encode_batch(batch)
+    shapes = []
+    hooks = [
+        head.register_forward_hook(lambda mod, args, out: shapes.append(tuple(out.shape)))
+        for head in (module.model.mlm_head, module.teacher.model.mlm_head)
+    ]
+    results = {}
+    for masked_only in (True, False):
+        module.mlm_masked_positions_only = masked_only
+        shapes.clear()
+        torch.manual_seed(4)  # the same masked tokens on both paths
+        loss = module.mlm(batch["input_ids"], batch["attention_mask"], enc.image, enc.image_m, alpha=0.4)
+        results[masked_only] = (loss, list(shapes), grads_of(module, loss, retain_graph=True))
+    for hook in hooks:
+        hook.remove()
+    vocab = module.model.config.text.vocab_size
+    n_masked = results[True][1][0][0]
+    assert 0 < n_masked < batch["input_ids"].numel()
+    assert results[True][1] == [(n_masked, vocab)] * 2  # teacher and student
+    assert results[False][1] == [(*batch["input_ids"].shape, vocab)] * 2
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-6, atol=1e-6)
+    assert_same_grads(results[True][2], results[False][2], rtol=1e-5, atol=1e-7)
+
+
+# --- the teacher stores no activations ------------------------------------------------------------
+def test_teacher_forward_has_no_graph_and_saves_no_activations():
+    module = make_module()
+    batch = make_batch()
+    enc = module.encode_batch(batch)
+    for teacher_out in (enc.image_m, enc.text_m):
+        for t in teacher_out:
+            assert t.grad_fn is None and not t.requires_grad
+    assert enc.image.embeds.grad_fn is not None and enc.text.feat.grad_fn is not None
+
+    teacher = module.teacher.model
+
+    def teacher_forward() -> None:
+        teacher.encode_image(batch["image"])
+        teacher.encode_text(batch["input_ids"], batch["attention_mask"])
+
+    with torch.no_grad():  # as encode_batch runs it
+        no_grad_bytes = saved_activation_bytes(teacher_forward)
+    trainable = copy.deepcopy(teacher).requires_grad_(True)  # the same forward if the teacher were trained
+
+    def trainable_forward() -> None:
+        trainable.encode_image(batch["image"])
+        trainable.encode_text(batch["input_ids"], batch["attention_mask"])
+
+    with_grad_bytes = saved_activation_bytes(trainable_forward)
+    assert no_grad_bytes == 0
+    assert with_grad_bytes > 100_000  # activations (and weights) autograd would keep until backward
+
+
+# --- in-place queue ------------------------------------------------------------------------------------
+def test_queue_update_is_in_place():
+    module = make_module()
+    queue = module.queue
+    pointers = {name: getattr(queue, name).data_ptr() for name in ("image_feats", "text_feats", "idx", "ptr")}
+    before = queue.image_feats.clone()
+    for step in range(3):
+        enc_feats = []
+        hook = module.teacher.model.vision_proj.register_forward_hook(lambda m, a, out: enc_feats.append(out))
+        seeded_losses(module, make_batch(seed=step))
+        hook.remove()
+        assert {name: getattr(queue, name).data_ptr() for name in pointers} == pointers
+    assert int(queue.ptr) == 12
+    assert not torch.equal(queue.image_feats[:, :12], before[:, :12])
+    torch.testing.assert_close(queue.image_feats[:, 12:], before[:, 12:])
+    torch.testing.assert_close(queue.image_feats[:, 8:12], torch.nn.functional.normalize(enc_feats[0], dim=-1).T)
+
+
+# --- fused AdamW ------------------------------------------------------------------------------------------
+def optimizer_for(module: PretrainModule) -> torch.optim.Optimizer:
+    """``configure_optimizers`` with a stand-in trainer (it only reads the step counts)."""
+    module._trainer = SimpleNamespace(
+        estimated_stepping_batches=10, max_epochs=1, num_training_batches=10, accumulate_grad_batches=1
+    )
+    try:
+        return module.configure_optimizers()["optimizer"]
+    finally:
+        module._trainer = None
+
+
+def test_fused_adamw_matches_unfused():
+    """Same parameters after a few steps on the same gradients.
+
+    The gradients are fixed random tensors rather than the model's: some real
+    gradients are zero up to rounding (attention key biases), and Adam turns a
+    rounding-level difference there into an lr-sized one (``lr * g / eps``).
+    """
+    optim = OptimConfig(lr=1e-3, warmup_steps=0)
+    plain = make_module(optim=optim)
+    fused = copy.deepcopy(plain)
+    fused.optim = replace(optim, fused=True)  # OptimConfig(fused=True): supported on CPU by this torch
+    opt_plain, opt_fused = optimizer_for(plain), optimizer_for(fused)
+    assert opt_fused.defaults["fused"] is True and not opt_plain.defaults.get("fused")
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for (name, a), b in zip(plain.named_parameters(), fused.parameters()):
+            if a.requires_grad:
+                a.grad = torch.randn(a.shape, generator=g)
+                b.grad = a.grad.clone()
+        opt_plain.step()
+        opt_fused.step()
+    for (name, a), b in zip(plain.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=lambda m, n=name: f"{n}: {m}")
+    start = make_module(optim=optim)
+    assert not torch.equal(start.model.itm_head.weight, fused.model.itm_head.weight)  # the steps did move weights
+
+
+# --- bf16 autocast ----------------------------------------------------------------------------------
+BF16_RTOL = 0.03  # bf16 keeps 8 significand bits (~0.4% per rounding); observed differences are < 1%
+
+
+def test_bf16_autocast_runs_the_full_step_within_tolerance_of_fp32():
+    fp32 = make_module()
+    bf16 = copy.deepcopy(fp32)
+    batch = make_batch()
+    ref = seeded_losses(fp32, batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = seeded_losses(bf16, batch)
+    for term in ("itc", "itm", "mlm", "loss"):
+        torch.testing.assert_close(low[term].float(), ref[term], rtol=BF16_RTOL, atol=1e-3, msg=term)
+    low["loss"].backward()
+    grads = [p.grad for p in bf16.parameters() if p.requires_grad and p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    assert all(p.dtype == torch.float32 for p in bf16.parameters())
+
+
+# --- activation checkpointing ------------------------------------------------------------------------
+def test_activation_checkpointing_gives_identical_gradients_and_saves_less():
+    plain = make_module()
+    ckpt = copy.deepcopy(plain)
+    ckpt.model.set_grad_checkpointing(True)
+    batch = make_batch()
+    losses, saved = {}, {}
+    for name, module in (("plain", plain), ("ckpt", ckpt)):
+        saved[name] = saved_activation_bytes(lambda m=module, n=name: losses.__setitem__(n, seeded_losses(m, batch)["loss"]))
+    torch.testing.assert_close(losses["plain"], losses["ckpt"], rtol=0, atol=0)
+    assert_same_grads(grads_of(plain, losses["plain"]), grads_of(ckpt, losses["ckpt"]), rtol=1e-6, atol=1e-8)
+    assert saved["ckpt"] < saved["plain"]
+
+
+# --- torch.compile of the encoders ---------------------------------------------------------------------
+@pytest.mark.slow
+def test_compiled_encoders_match_eager():
+    torch.manual_seed(0)
+    model = ALBEF(quiet_arch()).eval()
+    keys = list(model.state_dict())
+    batches = [make_batch(length=9), make_batch(length=13, seed=1)]  # two text lengths: one dynamic graph
+
+    def outputs() -> list[torch.Tensor]:
+        out = []
+        with torch.no_grad():
+            for batch in batches:
+                image = model.encode_image(batch["image"])
+                text = model.encode_text(batch["input_ids"], batch["attention_mask"])
+                out += [image.embeds, text.embeds, model.fuse(text.embeds, batch["attention_mask"], image.embeds)]
+        return out
+
+    eager = outputs()
+    assert compile_encoders(model, dynamic=True) == list(ENCODERS)
+    compiled = outputs()
+    assert list(model.state_dict()) == keys  # compiled in place: checkpoints keep their names
+    for a, b in zip(compiled, eager):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_compile_callback_marks_student_and_teacher_encoders():
+    """Compilation is lazy: the callback only wraps the modules (the slow test above runs them)."""
+    module = make_module()
+    keys = list(module.state_dict())
+    callback = CompileEncoders(mode="default")
+    callback.setup(None, module, "fit")
+    callback.setup(None, module, "fit")  # idempotent
+    assert callback.compiled == [f"{owner}.{name}" for owner in ("model", "teacher.model") for name in ENCODERS]
+    for owner in (module.model, module.teacher.model):
+        assert all(getattr(owner, name)._compiled_call_impl is not None for name in ENCODERS)
+    assert list(module.state_dict()) == keys
