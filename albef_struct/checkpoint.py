@@ -1002,7 +1002,7 @@ def save_safetensors(weights: TaskWeights, path: str | Path, task: str) -> None:
     metadata = {
         "format": SAFETENSORS_FORMAT,
         "task": task,
-        "arch": json.dumps(weights.model.config.to_dict()),
+        "arch": json.dumps(weights.model.config.without_weight_sources().to_dict()),
         "teacher": "1" if weights.teacher is not None else "0",
         "queue_size": str(weights.queue.size if weights.queue is not None else 0),
     }

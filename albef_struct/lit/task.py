@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
+from pytorch_lightning.utilities import rank_zero_info
+
 from albef_struct.checkpoint import AdaptReport
 from albef_struct.lit.base import ALBEFLitBase
 from albef_struct.lit.checkpoints import load_weights
@@ -41,10 +43,14 @@ class ALBEFModule(ALBEFLitBase):
         optim = OptimConfig(**optim) if isinstance(optim, dict) else optim
         super().__init__(optim=optim, alpha=alpha, alpha_warmup=alpha_warmup)
         self.save_hyperparameters(ignore=["arch", "optim"])
-        self.hparams["arch"] = arch.to_dict()  # plain values: checkpoints load with weights_only=True
+        # plain values: checkpoints load with weights_only=True
+        self.hparams["arch"] = arch.without_weight_sources().to_dict()
         self.hparams["optim"] = asdict(self.optim)
         self.distill = distill
         self.model = ALBEF(arch)
+        vision_report = getattr(self.model.visual_encoder, "init_report", None)
+        if vision_report is not None:
+            rank_zero_info(f"image encoder {arch.vision.timm_model}: {vision_report.table()}")
         self.teacher = MomentumTeacher(self.model, momentum, exclude=TEACHER_EXCLUDES) if distill else None
         self._init_from = init_from
         self._albef_momentum_before_load = albef_momentum_before_load

