@@ -296,3 +296,12 @@ def test_small_preset_configs_describe_one_model():
     assert model.visual_encoder.pos_embed.shape == (1, 1 + 7 * 7, 384)
     minilm = BertConfig.from_pretrained(_minilm_path())
     assert (minilm.hidden_size, minilm.num_hidden_layers) == (archs[1].text.hidden, archs[1].text.layers)
+
+
+def test_pretrained_file_null_from_the_command_line_means_no_file() -> None:
+    """jsonargparse passes `--model.init_args.arch.vision.pretrained_file null` as the string "None"."""
+    from albef_struct.models import VisionConfig
+
+    for spelled in ("None", "null", ""):
+        assert VisionConfig(pretrained_file=spelled).pretrained_file is None
+    assert VisionConfig(pretrained_file="weights.safetensors").pretrained_file == "weights.safetensors"

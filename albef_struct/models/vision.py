@@ -52,6 +52,11 @@ class VisionConfig:
     pretrained: bool = False
     pretrained_file: str | None = None
 
+    def __post_init__(self) -> None:
+        # jsonargparse turns `--...pretrained_file null` on the command line into the string "None"
+        if isinstance(self.pretrained_file, str) and self.pretrained_file.strip() in ("", "None", "null"):
+            self.pretrained_file = None
+
 
 class ImageEncoder(VisionTransformer):
     """timm ViT returning every token after the final norm: ``[B, 1 + N, width]``.
