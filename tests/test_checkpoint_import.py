@@ -35,14 +35,6 @@ def task_config() -> ALBEFConfig:
     return replace(config, vision=replace(config.vision, img_size=CONFIG["architecture"]["task_res"]))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --- layout detection ------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "name, layout, wrapped, fusion, momentum, queues, decoder",

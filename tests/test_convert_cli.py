@@ -22,14 +22,6 @@ HEADS = ["--heads-vision", "4", "--heads-text", "4"]  # fixture A's heads (shape
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def task_config():
     config = parity_config()
     return replace(config, vision=replace(config.vision, img_size=CONFIG["architecture"]["task_res"]))

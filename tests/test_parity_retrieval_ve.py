@@ -25,15 +25,6 @@ ATOL = 1e-5
 PRETRAIN_CKPT = str(PARITY_DIR / "pretrain_checkpoint.pth")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and avoid stalls on a busy, shared CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def task_config() -> ALBEFConfig:
     config = parity_config()
     task_res = json.loads((PARITY_DIR / "config.json").read_text())["architecture"]["task_res"]

@@ -24,15 +24,6 @@ NO_DROPOUT = TextConfig(hidden=32, layers=2, fusion_layer=1, heads=2, intermedia
                         hidden_dropout=0.0, attention_dropout=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and avoid stalls on a busy, shared CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_batch(labels: list[int], seed: int = 0, length: int = 6) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(1000, 2000, (len(labels), length), generator=gen)

@@ -39,15 +39,6 @@ NO_DROPOUT = TextConfig(hidden=32, layers=2, fusion_layer=1, heads=2, intermedia
                         hidden_dropout=0.0, attention_dropout=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and avoid stalls on a busy, shared CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory) -> Path:
     from data_prep.demo_data import generate
