@@ -71,3 +71,13 @@ def parity_config() -> ALBEFConfig:
 
 def load_fixture(name: str):
     return torch.load(PARITY_DIR / name, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """A small generated demo dataset (every task's files, 64 px images), shared by the CLI tests."""
+    from data_prep.demo_data import generate
+
+    out = tmp_path_factory.mktemp("demo")
+    generate(out, seed=0, image_size=64, n_train=48, n_val=8, n_test=8)
+    return out

@@ -12,7 +12,7 @@ from albef_struct.cli import main
 from albef_struct.data import ALBEFTokenizer
 from albef_struct.lit.checkpoints import load_model
 from albef_struct.checkpoint import CheckpointError
-from tests.test_cli import demo_dir, last_checkpoint, write_config  # noqa: F401  (fixture)
+from tests.test_cli import last_checkpoint, write_config
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,6 @@ import torch
 import yaml
 
 from albef_struct.cli import main
-from data_prep.demo_data import generate
 
 pytestmark = pytest.mark.slow
 
@@ -28,13 +27,6 @@ TINY_MODEL = {
         "k_test": 4,
     },
 }
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo")
-    generate(out, seed=0, image_size=64, n_train=48, n_val=8, n_test=8)
-    return out
 
 
 def write_config(tmp_path: Path, demo_dir: Path) -> Path:

@@ -11,7 +11,7 @@ import torch
 from albef_struct.cli import main
 from albef_struct.lit.pretrain import PretrainModule
 from tests.conftest import REPO, tiny_config
-from tests.test_cli import demo_dir, last_checkpoint, write_config  # noqa: F401  (fixture)
+from tests.test_cli import last_checkpoint, write_config
 
 pytestmark = pytest.mark.slow
 OVERLAYS = sorted((REPO / "configs" / "structure").glob("*.yaml"))

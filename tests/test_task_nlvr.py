@@ -16,7 +16,6 @@ from albef_struct.cli import main
 from albef_struct.data import NLVRDataModule
 from albef_struct.lit.pretrain import PretrainModule
 from albef_struct.models import TextConfig
-from data_prep.demo_data import generate
 from tasks.nlvr import (
     NLVRModule,
     TextAssignmentModule,
@@ -238,13 +237,6 @@ def test_albef_momentum_before_load_keeps_the_initial_teacher(tmp_path):
 
 
 # --- learning -------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo")
-    generate(out, seed=0, image_size=64, n_train=48, n_val=8, n_test=8)
-    return out
-
-
 def test_a_tiny_model_overfits_six_nlvr_examples(demo_dir, tmp_path):
     records = json.loads((demo_dir / "nlvr_train.json").read_text())
     six = [r for r in records if r["label"] == "True"][:3] + [r for r in records if r["label"] == "False"][:3]

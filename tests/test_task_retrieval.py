@@ -350,15 +350,6 @@ TINY_ARCH = {
 }
 
 
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> Path:
-    from data_prep.demo_data import generate
-
-    out = tmp_path_factory.mktemp("demo")
-    generate(out, seed=0, image_size=64, n_train=48, n_val=8, n_test=8)
-    return out
-
-
 @pytest.mark.slow
 def test_cli_fit_two_steps_then_test_and_zero_shot_test(tmp_path, demo_dir, capsys):
     config = {

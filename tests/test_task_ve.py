@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -169,15 +168,6 @@ TINY_ARCH = {
     "vision": {"img_size": 32, "patch_size": 16, "width": 32, "depth": 1, "heads": 2},
     "text": {"hidden": 32, "layers": 2, "fusion_layer": 1, "heads": 2, "intermediate": 64, "max_position": 64},
 }
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> Path:
-    from data_prep.demo_data import generate
-
-    out = tmp_path_factory.mktemp("demo")
-    generate(out, seed=0, image_size=64, n_train=48, n_val=8, n_test=8)
-    return out
 
 
 @pytest.mark.slow

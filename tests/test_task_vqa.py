@@ -40,15 +40,6 @@ NO_DROPOUT = TextConfig(hidden=32, layers=2, fusion_layer=1, heads=2, intermedia
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> Path:
-    from data_prep.demo_data import generate
-
-    out = tmp_path_factory.mktemp("demo")
-    generate(out, seed=0, image_size=64, n_train=48, n_val=8, n_test=8)
-    return out
-
-
-@pytest.fixture(scope="module")
 def tokenizer() -> ALBEFTokenizer:
     return ALBEFTokenizer()
 
