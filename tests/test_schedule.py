@@ -70,3 +70,32 @@ def test_decay_groups_follow_albef_rule():
     assert ids(decay) == {id(model.linear.weight), id(model.temp), id(model.pos_embed)}
     assert ids(no_decay) == {id(model.linear.bias), id(model.norm.weight), id(model.norm.bias)}
     assert decay["weight_decay"] == 0.02 and no_decay["weight_decay"] == 0.0
+
+
+def test_lr_scale_puts_matching_parameters_in_scaled_groups():
+    model = nn.ModuleDict({"enc": nn.Linear(3, 3), "crossattention": nn.Linear(3, 3), "head": nn.Linear(3, 2)})
+    groups = decay_groups(model.named_parameters(), 0.02, lr_scale={"crossattention": 10.0, "head": 5.0}, lr=1e-4)
+    by_params = {id(p): g for g in groups for p in g["params"]}
+    assert "lr" not in by_params[id(model["enc"].weight)]
+    assert by_params[id(model["crossattention"].weight)]["lr"] == pytest.approx(1e-3)
+    assert by_params[id(model["crossattention"].weight)]["weight_decay"] == 0.02
+    assert by_params[id(model["crossattention"].bias)]["weight_decay"] == 0.0
+    assert by_params[id(model["head"].bias)]["lr"] == pytest.approx(5e-4)
+    assert sum(len(g["params"]) for g in groups) == 6
+    # the schedule multiplies every group's own lr: the ratio holds at every step
+    optimizer = torch.optim.AdamW(groups, lr=1e-4)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(OptimConfig(warmup_steps=4), 20, 10, 2))
+    for _ in range(7):
+        optimizer.step()
+        schedule.step()
+        base = [g["lr"] for g in optimizer.param_groups if any(p is model["enc"].weight for p in g["params"])][0]
+        scaled = [g["lr"] for g in optimizer.param_groups if any(p is model["crossattention"].weight for p in g["params"])][0]
+        assert scaled == pytest.approx(10.0 * base)
+
+
+def test_lr_scale_rejects_patterns_that_match_nothing_and_bad_factors():
+    model = nn.Linear(3, 3)
+    with pytest.raises(ValueError, match=r"\['crossatention'\] match no trainable parameter"):
+        decay_groups(model.named_parameters(), 0.02, lr_scale={"crossatention": 10.0}, lr=1e-4)
+    with pytest.raises(ValueError, match="positive factors"):
+        OptimConfig(lr_scale={"head": 0.0})

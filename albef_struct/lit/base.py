@@ -17,23 +17,42 @@ def decay_groups(
     named_params: Iterator[tuple[str, nn.Parameter]],
     weight_decay: float,
     no_decay_prefixes: tuple[str, ...] = (),
+    lr_scale: Mapping[str, float] | None = None,
+    lr: float | None = None,
 ) -> list[dict]:
     """ALBEF's two AdamW groups: no decay for 1-D tensors and biases, decay for the rest.
 
     0-D parameters (the temperature) decay, as in ALBEF. Parameters under
     ``no_decay_prefixes`` (e.g. a loss's learnable scale and bias) never decay.
-    Frozen parameters (momentum copies) are left out.
+    Frozen parameters (momentum copies) are left out. With ``lr_scale``, a parameter
+    whose name contains one of its keys (the first that matches) goes into extra
+    groups whose learning rate is ``lr`` times that factor.
     """
-    decay, no_decay = [], []
+    scales = dict(lr_scale or {})
+    if scales and lr is None:
+        raise ValueError("decay_groups needs the base lr to apply lr_scale")
+    buckets: dict[tuple[bool, float], list[nn.Parameter]] = {(True, 1.0): [], (False, 1.0): []}
+    matched: set[str] = set()
     for name, param in named_params:
         if not param.requires_grad:
             continue
         exempt = param.ndim == 1 or name.endswith(".bias") or name.startswith(no_decay_prefixes)
-        (no_decay if exempt else decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+        key = next((key for key in scales if key in name), None)
+        matched.update([key] if key else [])
+        buckets.setdefault((not exempt, scales.get(key, 1.0)), []).append(param)
+    unmatched = sorted(set(scales) - matched)
+    if unmatched:
+        raise ValueError(f"optim.lr_scale key(s) {unmatched} match no trainable parameter name "
+                         "(keys are substrings of names such as 'model.fusion_encoder.layer.0.crossattention.self.query.weight')")
+    groups = []
+    for (decays, scale), params in buckets.items():
+        if scale != 1.0 and not params:
+            continue
+        group = {"params": params, "weight_decay": weight_decay if decays else 0.0}
+        if scale != 1.0:
+            group["lr"] = lr * scale
+        groups.append(group)
+    return groups
 
 
 class ALBEFLitBase(pl.LightningModule):
@@ -70,7 +89,8 @@ class ALBEFLitBase(pl.LightningModule):
     no_decay_prefixes: tuple[str, ...] = ("contrastive.",)
 
     def configure_optimizers(self):
-        groups = decay_groups(self.named_parameters(), self.optim.weight_decay, self.no_decay_prefixes)
+        groups = decay_groups(self.named_parameters(), self.optim.weight_decay, self.no_decay_prefixes,
+                              self.optim.lr_scale, self.optim.lr)
         kwargs = {"lr": self.optim.lr, "betas": tuple(self.optim.betas), "eps": self.optim.eps}
         if self.optim.fused is not None:
             kwargs["fused"] = self.optim.fused

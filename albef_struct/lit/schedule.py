@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 
@@ -16,6 +16,9 @@ class OptimConfig:
     evaluated per epoch (``cosine="epoch"``, faithful: epoch 0 stays at ``lr``)
     or per step after the warm-up (``cosine="step"``, smooth). Weight decay applies to every parameter that is
     not 1-D and not a bias, the temperature and position embeddings included.
+    ``lr_scale`` multiplies the whole schedule for parameters whose name contains a key
+    (e.g. ``{crossattention: 10}`` for fusion layers that start fresh on pretrained encoders;
+    ALBEF: none).
     """
 
     lr: float = 1e-4
@@ -27,6 +30,12 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     fused: bool | None = None  # fused AdamW kernel (None: torch's default choice)
+    lr_scale: dict[str, float] = field(default_factory=dict)  # parameter-name substring -> lr factor
+
+    def __post_init__(self) -> None:
+        for key, factor in self.lr_scale.items():
+            if not key or factor <= 0:
+                raise ValueError(f"optim.lr_scale needs non-empty name patterns and positive factors, got {key!r}: {factor}")
 
 
 class WarmupCosine:
