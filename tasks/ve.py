@@ -50,7 +50,8 @@ class VEModule(ClassifierModule):
     """SNLI-VE fine-tuning and evaluation (``VEDataModule`` batches: image, text, ``label``).
 
     Training, validation and test steps come from :class:`ClassifierModule`; the
-    test ends with ``ve_test.json`` next to the majority-class rate.
+    test ends with ``ve_test.json`` next to the majority-class rate, including the
+    accuracy on entailment vs contradiction (the part a hypothesis-only model must guess).
     A pretraining checkpoint loads without its projections, temperature, ITM/MLM
     heads and queues (each dropped with its reason); ``cls_head`` starts fresh,
     online and teacher alike.
@@ -82,6 +83,21 @@ class VEModule(ClassifierModule):
     ) -> None:
         super().__init__(ve_arch(arch), optim or VE_OPTIM, alpha, alpha_warmup, distill, momentum, init_from)
         self.load_init_weights()
+
+    def subset_metrics(self, confusion: torch.Tensor) -> tuple[dict[str, float], dict[str, float]]:
+        """``acc_entail_vs_contra``: accuracy on the entailment and contradiction examples alone.
+
+        A hypothesis-only model can spot "neutral" statements from their wording (in SNLI-VE and,
+        by construction, in the demo data) but has to guess between entailment and contradiction,
+        which only the image decides: its chance level is 50% when the two are balanced.
+        """
+        rows = [VE_LABELS.index("entailment"), VE_LABELS.index("contradiction")]
+        correct = sum(int(confusion[i, i]) for i in rows)
+        total = sum(int(confusion[i].sum()) for i in rows)
+        if total == 0:
+            return {}, {}
+        larger = max(int(confusion[i].sum()) for i in rows)
+        return {"acc_entail_vs_contra": 100.0 * correct / total}, {"acc_entail_vs_contra": 100.0 * larger / total}
 
     def logits(self, model: ALBEF, batch: dict[str, Any]) -> torch.Tensor:
         """Class logits of ``model`` (the online model or the teacher's) for a batch."""

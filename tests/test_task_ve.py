@@ -141,6 +141,31 @@ def test_validation_and_test_accuracy_with_majority_chance(tmp_path):
     assert result["metrics"]["acc"] == pytest.approx(expected)
     assert result["chance"]["acc"] == pytest.approx(60.0)  # 3 of 5 labels are entailment
     assert result["label_counts"] == {"contradiction": 1, "neutral": 1, "entailment": 3}
+    confusion = torch.zeros(3, 3, dtype=torch.long)
+    for true, guess in zip(labels.tolist(), predicted.tolist()):
+        confusion[true, guess] += 1
+    assert result["confusion"]["counts"] == confusion.tolist()
+    for i, name in enumerate(VE_LABELS):
+        assert result["per_class_acc"][f"acc_{name}"] == pytest.approx(100.0 * float(confusion[i, i]) / float(confusion[i].sum()))
+    image_decided = labels != VE_LABELS.index("neutral")  # entailment and contradiction examples
+    assert result["metrics"]["acc_entail_vs_contra"] == pytest.approx(
+        100.0 * float((predicted == labels)[image_decided].float().mean()))
+    assert result["chance"]["acc_entail_vs_contra"] == pytest.approx(75.0)  # 3 entailment of 4
+
+
+def test_entailment_vs_contradiction_accuracy_ignores_neutral_examples():
+    """A hypothesis-only model (every neutral right, entailment/contradiction guessed) sits at its 50% chance."""
+    module = VEModule(arch=tiny_config())
+    c, n, e = (VE_LABELS.index(name) for name in ("contradiction", "neutral", "entailment"))
+    confusion = torch.zeros(3, 3, dtype=torch.long)
+    confusion[n, n] = 10
+    confusion[e, e], confusion[e, c] = 5, 5
+    confusion[c, c], confusion[c, e] = 5, 5
+    metrics, chance = module.subset_metrics(confusion)
+    assert metrics == {"acc_entail_vs_contra": 50.0} and chance == {"acc_entail_vs_contra": 50.0}
+    confusion[e, c], confusion[e, n] = 0, 5  # errors into neutral count as errors too
+    confusion[c, e], confusion[c, c] = 0, 10
+    assert module.subset_metrics(confusion)[0]["acc_entail_vs_contra"] == pytest.approx(75.0)
 
 
 # --- configs and the command line ----------------------------------------------------------------------

@@ -6,8 +6,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torchmetrics import CatMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from albef_struct.data.collate import is_empty_batch
 from albef_struct.lit.task import ALBEFModule
@@ -23,7 +22,8 @@ class ClassifierModule(ALBEFModule):
     Training minimises :func:`distilled_cross_entropy` against the EMA teacher's
     logits (the teacher is updated before its forward, as in ALBEF). ``val/acc``
     and ``test/acc`` (percent, torchmetrics) are the online model's; the test ends
-    with a table and ``<result_name>.json`` next to the majority-class rate.
+    with a table and ``<result_name>.json`` next to the majority-class rate, with
+    the confusion matrix, per-class accuracy and any :meth:`subset_metrics`.
     """
 
     class_names: tuple[str, ...] = ()
@@ -34,11 +34,15 @@ class ClassifierModule(ALBEFModule):
         classes = len(self.class_names)
         self.val_acc = MulticlassAccuracy(num_classes=classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=classes, average="micro")
-        self.test_labels = CatMetric()
+        self.test_confusion = MulticlassConfusionMatrix(num_classes=classes)
 
     def logits(self, model: ALBEF, batch: dict[str, Any]) -> torch.Tensor:  # pragma: no cover - abstract
         """Class logits ``[B, C]`` of ``model`` (the online model or the teacher's) for a batch."""
         raise NotImplementedError
+
+    def subset_metrics(self, confusion: torch.Tensor) -> tuple[dict[str, float], dict[str, float]]:
+        """Extra test metrics from the confusion matrix (rows: true class), with their chance levels."""
+        return {}, {}
 
     def classification_losses(self, batch: dict[str, Any], alpha: float) -> dict[str, torch.Tensor]:
         """Loss and accuracy of one training batch; the teacher is EMA-updated before its forward."""
@@ -67,7 +71,7 @@ class ClassifierModule(ALBEFModule):
         labels = batch["label"]
         (self.val_acc if stage == "val" else self.test_acc).update(logits.argmax(dim=-1), labels)
         if stage == "test":
-            self.test_labels.update(labels.float())
+            self.test_confusion.update(logits.argmax(dim=-1), labels)
         self.log_losses(stage, {"loss": F.cross_entropy(logits.float(), labels)}, batch_size=labels.shape[0])
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -86,13 +90,21 @@ class ClassifierModule(ALBEFModule):
             return
         acc = 100.0 * self.test_acc.compute()
         self.log("test/acc", acc)
-        counts = torch.bincount(self.test_labels.compute().long().flatten(), minlength=len(self.class_names))
+        confusion = self.test_confusion.compute().long().cpu()
         self.test_acc.reset()
-        self.test_labels.reset()
+        self.test_confusion.reset()
         if self.trainer.is_global_zero:
+            counts = confusion.sum(dim=1)
             total = int(counts.sum())
             chance = 100.0 * float(counts.max()) / max(1, total)  # always predicting the majority class
+            per_class = {
+                f"acc_{name}": 100.0 * float(confusion[i, i]) / max(1, int(counts[i]))
+                for i, name in enumerate(self.class_names)
+            }
+            subset, subset_chance = self.subset_metrics(confusion)
             report_results(
-                self.results_dir, self.result_name, {"acc": float(acc)}, {"acc": chance},
-                extra={"n_examples": total, "label_counts": dict(zip(self.class_names, counts.tolist()))},
+                self.results_dir, self.result_name, {"acc": float(acc), **subset}, {"acc": chance, **subset_chance},
+                extra={"n_examples": total, "label_counts": dict(zip(self.class_names, counts.tolist())),
+                       "per_class_acc": per_class, "confusion": {"rows_true_cols_predicted": self.class_names,
+                                                                 "counts": confusion.tolist()}},
             )
