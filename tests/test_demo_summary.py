@@ -1,0 +1,101 @@
+"""`make demo`'s closing table and the demo task configs it runs."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+from albef_struct.demo_summary import ROWS, collect, format_table, main
+from albef_struct.models import ALBEFConfig
+from tests.conftest import REPO
+
+TASK_CONFIGS = ["retrieval", "ve", "vqa", "nlvr_pretrain", "nlvr"]
+
+
+def write_result(path: Path, metrics: dict, chance: dict, mtime: float | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"metrics": metrics, "chance": chance}))
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+
+
+def fill_runs(root: Path) -> None:
+    retrieval = {"itc_txt_r1": 80.0, "itc_img_r1": 60.0, "txt_r1": 30.0, "img_r1": 5.0}
+    chance = {"txt_r1": 0.33, "img_r1": 0.33}
+    write_result(root / "pretrain_small/lightning_logs/version_0/retrieval_test.json", retrieval, chance)
+    write_result(root / "retrieval/lightning_logs/version_0/retrieval_test.json", retrieval, chance)
+    write_result(root / "ve/lightning_logs/version_0/ve_test.json", {"acc": 66.7, "acc_entail_vs_contra": 50.0},
+                 {"acc": 33.3, "acc_entail_vs_contra": 50.0})
+    write_result(root / "vqa/lightning_logs/version_0/vqa_test.json", {"acc": 43.9}, {"acc": 12.9})
+
+
+def test_table_reads_each_stage_and_judges_it_against_chance(tmp_path, capsys):
+    fill_runs(tmp_path)
+    write_result(tmp_path / "nlvr/lightning_logs/version_0/nlvr_test.json", {"acc": 50.0}, {"acc": 50.0})
+    assert main(["--runs", str(tmp_path), "--pretrain-run", str(tmp_path / "pretrain_small")]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert len(summary) == len(ROWS)
+    by_label = {(r["stage"], r["label"]): r for r in summary}
+    assert by_label[("VQA", ROWS[8].label)]["value"] == 43.9 and by_label[("VQA", ROWS[8].label)]["above_chance"]
+    assert by_label[("NLVR2", "accuracy")]["above_chance"] is False  # equal to chance is not above it
+    assert by_label[("SNLI-VE", ROWS[7].label)]["above_chance"] is False
+    out = capsys.readouterr().out
+    assert "NLVR2" in out and "NO" in out and "43.9" in out
+
+
+def test_missing_stage_is_reported_and_fails(tmp_path, capsys):
+    fill_runs(tmp_path)  # no NLVR2 results
+    assert main(["--runs", str(tmp_path), "--pretrain-run", str(tmp_path / "pretrain_small")]) == 1
+    assert "missing results" in capsys.readouterr().err
+    nlvr = [r for r in collect(tmp_path, tmp_path / "pretrain_small") if r.stage == "NLVR2"]
+    assert nlvr[0].value is None and nlvr[0].above_chance is None
+    assert "missing" in format_table(nlvr)
+
+
+def test_newest_result_of_a_run_wins(tmp_path):
+    fill_runs(tmp_path)
+    write_result(tmp_path / "nlvr/lightning_logs/version_3/nlvr_test.json", {"acc": 55.0}, {"acc": 50.0}, mtime=2e9)
+    write_result(tmp_path / "nlvr/lightning_logs/version_9/nlvr_test.json", {"acc": 51.0}, {"acc": 50.0}, mtime=1e9)
+    nlvr = [r for r in collect(tmp_path, tmp_path / "pretrain_small") if r.stage == "NLVR2"]
+    assert nlvr[0].value == 55.0 and "version_3" in nlvr[0].source
+
+
+# --- the demo task configs start from the pretraining make demo runs -------------------------------------
+def model_arch(config: dict) -> ALBEFConfig:
+    return ALBEFConfig.from_dict(config["model"]["init_args"]["arch"])
+
+
+def comparable(arch: ALBEFConfig) -> ALBEFConfig:
+    """The fields that decide which weights fit (heads differ per task; weight sources do not matter)."""
+    return replace(arch.without_weight_sources(), mlm_head=False, itm_head=False, projections=False,
+                   answer_decoder_layers=0)
+
+
+def merged(base: dict, overlay: dict) -> dict:
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = merged(base.get(key, {}), value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+@pytest.mark.parametrize("task", TASK_CONFIGS)
+def test_task_configs_match_their_pretraining(task):
+    config = yaml.safe_load((REPO / f"configs/demo/{task}.yaml").read_text())
+    small = yaml.safe_load((REPO / "configs/demo/pretrain_small.yaml").read_text())
+    tiny = yaml.safe_load((REPO / "configs/demo/pretrain.yaml").read_text())
+    overlay = yaml.safe_load((REPO / "configs/demo/tiny_task.yaml").read_text())
+
+    assert comparable(model_arch(config)) == comparable(model_arch(small))
+    assert config["data"]["init_args"]["image_res"] == small["data"]["init_args"]["image_res"]
+    expected_init = ("runs/demo/nlvr_pretrain/checkpoints/last.ckpt" if task == "nlvr"
+                     else small["trainer"]["default_root_dir"] + "/checkpoints/last.ckpt")
+    assert config["model"]["init_args"]["init_from"] == expected_init
+
+    with_overlay = merged(config, overlay)
+    assert comparable(model_arch(with_overlay)) == comparable(model_arch(tiny))
+    assert with_overlay["data"]["init_args"]["image_res"] == tiny["data"]["init_args"]["image_res"]
