@@ -333,7 +333,7 @@ def test_demo_config_monitors_val_accuracy():
     config = yaml.safe_load((REPO / "configs" / "demo" / "vqa.yaml").read_text())
     checkpoint = next(c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint"))
     assert checkpoint["init_args"]["monitor"] == "val/acc" and checkpoint["init_args"]["mode"] == "max"
-    assert config["data"]["init_args"]["image_res"] == 96 and config["data"]["init_args"]["hflip"] is False
+    assert config["data"]["init_args"]["image_res"] == 98 and config["data"]["init_args"]["hflip"] is False
 
 
 def test_albef_recipe_values_in_real_data_config():
