@@ -19,15 +19,38 @@ from albef_struct.models import ALBEFConfig, TextConfig, VisionConfig
 from data_prep.demo_data import generate
 
 
-def experiment_arch(image_res: int = 64, private_heads: bool = False) -> ALBEFConfig:
-    """A small ALBEF that trains in minutes on 2 CPU cores (ViT 128x3, BERT h128 2+2)."""
-    return ALBEFConfig(
-        vision=VisionConfig(img_size=image_res, patch_size=16, width=128, depth=3, heads=2),
-        text=TextConfig(hidden=128, layers=4, fusion_layer=2, heads=2, intermediate=512, max_position=64),
-        embed_dim=64,
-        mlm_head=True,
-        private_heads=private_heads,
-    )
+SMALL_TEXT_INIT = "sentence-transformers/all-MiniLM-L6-v2"
+SMALL_VISION_FILE = ".cache/pretrained/vit_small_patch14_dinov2.safetensors"
+
+
+def experiment_arch(preset: str, image_res: int, private_heads: bool = False) -> tuple[ALBEFConfig, str | None]:
+    """The architecture of an experiment run and the text checkpoint to start from.
+
+    ``small``: configs/model/small.yaml (pretrained DINOv2 ViT-S/14 + MiniLM 3+3, mean text
+    pooling), the preset whose demo pretraining learns within a CPU budget. ``tiny``: a randomly
+    initialised ViT 128x3 + BERT h128 2+2, which stays near chance at these step counts (kept for
+    smoke tests).
+    """
+    if preset == "small":
+        if image_res % 14:
+            raise ValueError(f"the small preset's ViT has 14 px patches; image_res {image_res} is not a multiple")
+        if not Path(SMALL_VISION_FILE).is_file():
+            raise FileNotFoundError(f"{SMALL_VISION_FILE} is missing: run `python -m data_prep.convert_dinov2_onnx` first")
+        arch = ALBEFConfig(
+            vision=VisionConfig(timm_model="vit_small_patch14_dinov2", pretrained_file=SMALL_VISION_FILE,
+                                img_size=image_res, patch_size=14, width=384, depth=12, heads=6),
+            text=TextConfig(hidden=384, layers=6, fusion_layer=3, heads=12, intermediate=1536, max_position=64),
+            embed_dim=256, text_pooling="mean", mlm_head=True, private_heads=private_heads,
+        )
+        return arch, SMALL_TEXT_INIT
+    if preset == "tiny":
+        arch = ALBEFConfig(
+            vision=VisionConfig(img_size=image_res, patch_size=16, width=128, depth=3, heads=2),
+            text=TextConfig(hidden=128, layers=4, fusion_layer=2, heads=2, intermediate=512, max_position=64),
+            embed_dim=64, mlm_head=True, private_heads=private_heads,
+        )
+        return arch, None
+    raise ValueError(f"unknown preset {preset!r}: use 'small' or 'tiny'")
 
 
 @dataclass
@@ -37,8 +60,9 @@ class RunSpec:
     name: str
     data_dir: str
     steps: int
+    preset: str = "small"
     batch_size: int = 32
-    image_res: int = 64
+    image_res: int = 70
     contrastive: str = "infonce_queue"
     contrastive_args: dict[str, Any] = field(default_factory=dict)
     structure: list[dict[str, Any]] = field(default_factory=list)
@@ -46,11 +70,13 @@ class RunSpec:
     mlm_weight: float = 1.0
     queue_size: int = 256
     momentum: float = 0.995
-    lr: float = 5e-4
-    warmup_steps: int = 50
+    lr: float = 1e-4
+    warmup_steps: int = 20
     k_test: int = 16
     seed: int = 0
     num_workers: int = 1
+    train_subset: int | None = None  # pretrain on the first N image-caption records only (so samples recur)
+    keep_checkpoint: bool = False  # write <run>/last.ckpt (~640 MB for the small preset)
     randaugment: bool = False  # ALBEF's RandomAugment equalises/auto-contrasts away the colours the captions name
 
 
@@ -64,7 +90,8 @@ def ensure_demo_data(path: str | Path, info_gap: bool = False, **sizes: int) -> 
 def train_and_test(spec: RunSpec, out: Path) -> tuple[dict[str, float], PretrainModule]:
     """Pretrain for ``spec.steps`` optimizer steps, then zero-shot retrieval on the test split."""
     pl.seed_everything(spec.seed, workers=True)
-    arch = experiment_arch(spec.image_res, private_heads=any(s["name"] == "feature_separation" for s in spec.structure))
+    private = any(s["name"] == "feature_separation" for s in spec.structure)
+    arch, text_init = experiment_arch(spec.preset, spec.image_res, private_heads=private)
     module = PretrainModule(
         arch=arch,
         optim=OptimConfig(lr=spec.lr, warmup_lr=1e-5, warmup_steps=spec.warmup_steps, min_lr=1e-5, cosine="step"),
@@ -76,10 +103,15 @@ def train_and_test(spec: RunSpec, out: Path) -> tuple[dict[str, float], Pretrain
         itm_weight=spec.itm_weight,
         mlm_weight=spec.mlm_weight,
         k_test=spec.k_test,
+        text_init=text_init,
     )
     data = Path(spec.data_dir)
+    run_dir = out / spec.name
+    train_file = data / "pretrain.json"
+    if spec.train_subset is not None:
+        train_file = write_subset(train_file, run_dir / f"pretrain_first{spec.train_subset}.json", spec.train_subset)
     datamodule = PretrainDataModule(
-        train_files=[str(data / "pretrain.json")],
+        train_files=[str(train_file)],
         test_file=str(data / "retrieval_test.json"),
         image_root=str(data),
         image_res=spec.image_res,
@@ -92,7 +124,6 @@ def train_and_test(spec: RunSpec, out: Path) -> tuple[dict[str, float], Pretrain
         max_tokens=40,
         seed=spec.seed,
     )
-    run_dir = out / spec.name
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
@@ -111,10 +142,21 @@ def train_and_test(spec: RunSpec, out: Path) -> tuple[dict[str, float], Pretrain
         trainer.fit(module, datamodule=datamodule)
         train_seconds = time.perf_counter() - start
         results = trainer.test(module, datamodule=datamodule, verbose=False)[0]
-    trainer.save_checkpoint(run_dir / "last.ckpt")
+    if spec.keep_checkpoint:
+        trainer.save_checkpoint(run_dir / "last.ckpt")
     metrics = {k.removeprefix("test/"): float(v) for k, v in results.items()}
     metrics["train_seconds"] = train_seconds
     return metrics, module
+
+
+def write_subset(source: Path, target: Path, n: int) -> Path:
+    """The first ``n`` records of a pretraining JSON file, written to ``target``; image paths stay relative."""
+    records = json.loads(source.read_text())
+    if n > len(records):
+        raise ValueError(f"train_subset={n} is larger than {source} ({len(records)} records)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(records[:n]))
+    return target
 
 
 def write_results(out: Path, name: str, payload: dict[str, Any]) -> Path:
