@@ -65,6 +65,17 @@ def newest(run_dir: Path, filename: str) -> Path | None:
     return found[-1] if found else None
 
 
+def read_results(path: Path) -> dict:
+    """A stage's results JSON; a truncated or hand-edited file names itself and the fix."""
+    try:
+        payload = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); re-run that stage's `albef-struct test`") from error
+    if not isinstance(payload, dict) or not isinstance(payload.get("metrics"), dict):
+        raise ValueError(f"{path} has no 'metrics' object; re-run that stage's `albef-struct test`")
+    return payload
+
+
 def collect(runs: Path, pretrain_run: Path) -> list[Result]:
     results = []
     for row in ROWS:
@@ -72,7 +83,7 @@ def collect(runs: Path, pretrain_run: Path) -> list[Result]:
         path = newest(run_dir, row.results_file)
         value = chance = None
         if path is not None:
-            payload = json.loads(path.read_text())
+            payload = read_results(path)
             value = payload.get("metrics", {}).get(row.metric)
             chance = payload.get("chance", {}).get(row.chance_key)
         results.append(Result(row.stage, row.label, value, chance, str(path) if path else None))

@@ -40,10 +40,11 @@ def test_table_reads_each_stage_and_judges_it_against_chance(tmp_path, capsys):
     assert main(["--runs", str(tmp_path), "--pretrain-run", str(tmp_path / "pretrain_small")]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert len(summary) == len(ROWS)
-    by_label = {(r["stage"], r["label"]): r for r in summary}
-    assert by_label[("VQA", ROWS[8].label)]["value"] == 43.9 and by_label[("VQA", ROWS[8].label)]["above_chance"]
-    assert by_label[("NLVR2", "accuracy")]["above_chance"] is False  # equal to chance is not above it
-    assert by_label[("SNLI-VE", ROWS[7].label)]["above_chance"] is False
+    by_metric = {(r["stage"], row.metric): r for r, row in zip(summary, ROWS)}
+    assert by_metric[("VQA", "acc")]["value"] == 43.9 and by_metric[("VQA", "acc")]["above_chance"]
+    assert by_metric[("NLVR2", "acc")]["above_chance"] is False  # equal to chance is not above it
+    assert by_metric[("SNLI-VE", "acc_entail_vs_contra")]["above_chance"] is False
+    assert by_metric[("SNLI-VE", "acc")]["above_chance"] is True
     out = capsys.readouterr().out
     assert "NLVR2" in out and "NO" in out and "43.9" in out
 
@@ -63,6 +64,18 @@ def test_newest_result_of_a_run_wins(tmp_path):
     write_result(tmp_path / "nlvr/lightning_logs/version_9/nlvr_test.json", {"acc": 51.0}, {"acc": 50.0}, mtime=1e9)
     nlvr = [r for r in collect(tmp_path, tmp_path / "pretrain_small") if r.stage == "NLVR2"]
     assert nlvr[0].value == 55.0 and "version_3" in nlvr[0].source
+
+
+def test_unreadable_results_file_is_named(tmp_path):
+    fill_runs(tmp_path)
+    broken = tmp_path / "nlvr/lightning_logs/version_0/nlvr_test.json"
+    broken.parent.mkdir(parents=True)
+    broken.write_text('{"metrics": {"acc": 5')  # truncated
+    with pytest.raises(ValueError, match=r"nlvr_test\.json is not valid JSON .*re-run"):
+        collect(tmp_path, tmp_path / "pretrain_small")
+    broken.write_text('{"acc": 50.0}')
+    with pytest.raises(ValueError, match=r"nlvr_test\.json has no 'metrics' object"):
+        collect(tmp_path, tmp_path / "pretrain_small")
 
 
 # --- the demo task configs start from the pretraining make demo runs -------------------------------------
