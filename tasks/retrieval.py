@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from albef_struct.data.collate import is_empty_batch
-from albef_struct.lit.alignment import AlignmentMixin
+from albef_struct.lit.alignment import AlignmentMixin, checked_uniform_negative_steps
 from albef_struct.lit.retrieval_eval import RetrievalEvalMixin
 from albef_struct.lit.schedule import OptimConfig
 from albef_struct.lit.task import ALBEFModule
@@ -77,6 +77,8 @@ class RetrievalModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         same_image_positives: every caption of the anchor's image (batch and queue) is a
             positive (ALBEF); off = only the paired caption.
         itm_single_fusion_call: fuse positive and negative ITM pairs in one call (same numbers).
+        itm_uniform_negative_steps: optimizer steps with uniformly drawn (easy) ITM negatives
+            before ALBEF's hard negatives (ALBEF: 0).
         init_from: checkpoint to start from (this project's, or an official ALBEF file).
         k_test: candidates per query re-ranked by ITM at evaluation (ALBEF: COCO 256, Flickr 128).
         rerank_batch_size: image-text pairs per fusion call when re-ranking.
@@ -97,6 +99,7 @@ class RetrievalModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         distill: bool = True,
         same_image_positives: bool = True,
         itm_single_fusion_call: bool = True,
+        itm_uniform_negative_steps: int = 0,
         init_from: str | None = None,
         k_test: int = 256,
         rerank_batch_size: int = 128,
@@ -112,6 +115,7 @@ class RetrievalModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         self.contrastive = InfoNCEQueueLoss(same_image_positives=same_image_positives)
         self.queue = FeatureQueue(self.model.config.embed_dim, queue_size)
         self.itm_single_fusion_call = itm_single_fusion_call
+        self.itm_uniform_negative_steps = checked_uniform_negative_steps(itm_uniform_negative_steps)
         self.k_test = k_test
         self.rerank_batch_size = rerank_batch_size
         self.load_init_weights()

@@ -127,6 +127,22 @@ def test_hard_negatives_follow_softmax_of_similarities():
     assert expected[1] > 0.8  # exp(2) / (exp(2) + 1)
 
 
+def test_uniform_negatives_ignore_similarities_and_skip_the_same_image():
+    sim = torch.tensor([[0.0, 50.0, 0.0, 0.0], [1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 9.0], [3.0, 0.0, 0.0, 0.0]])
+    ids = torch.tensor([0, 1, 1, 2])
+    gen = torch.Generator().manual_seed(0)
+    draws = [sample_hard_negatives(sim, sim.T, ids, generator=gen, uniform=True) for _ in range(3000)]
+    neg_text = torch.stack([d[0] for d in draws])
+    neg_image = torch.stack([d[1] for d in draws])
+    assert (ids[neg_text] != ids).all() and (ids[neg_image] != ids).all()
+    # row 0 (image 0): candidates 1, 2, 3 equally likely although sim[0, 1] dominates the softmax
+    freq = torch.bincount(neg_text[:, 0], minlength=4).float() / len(draws)
+    torch.testing.assert_close(freq, torch.tensor([0.0, 1 / 3, 1 / 3, 1 / 3]), atol=0.03, rtol=0)
+    # row 1 (image 1): only candidates 0 and 3 show another image
+    freq = torch.bincount(neg_image[:, 1], minlength=4).float() / len(draws)
+    torch.testing.assert_close(freq, torch.tensor([0.5, 0.0, 0.0, 0.5]), atol=0.03, rtol=0)
+
+
 def test_hard_negatives_need_two_images():
     sim = torch.zeros(3, 3)
     with pytest.raises(ValueError, match="two different images"):
@@ -182,3 +198,43 @@ def test_mlm_loss_is_zero_not_nan_when_nothing_is_masked():
     assert loss.item() == 0.0
     loss.backward()
     assert torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("module_name", ["pretrain", "retrieval"])
+def test_itm_draws_uniform_negatives_for_the_configured_steps_then_hard_ones(monkeypatch, module_name):
+    from types import SimpleNamespace
+
+    from albef_struct.lit import alignment
+    from albef_struct.lit.pretrain import PretrainModule
+    from tasks.retrieval import RetrievalModule
+    from tests.conftest import tiny_config
+
+    cls = PretrainModule if module_name == "pretrain" else RetrievalModule
+    module = cls(arch=tiny_config(), queue_size=16, itm_uniform_negative_steps=2)
+    seen: list[bool] = []
+    original = alignment.sample_hard_negatives
+
+    def recording(sim_i2t, sim_t2i, image_ids=None, generator=None, uniform=False):
+        seen.append(uniform)
+        return original(sim_i2t, sim_t2i, image_ids, generator, uniform)
+
+    monkeypatch.setattr(alignment, "sample_hard_negatives", recording)
+    n = 4
+    image = module.model.encode_image(torch.randn(n, 3, 32, 32))
+    text = module.model.encode_text(torch.randint(1000, 2000, (n, 5)), torch.ones(n, 5, dtype=torch.long))
+    sim = torch.randn(n, n)
+    for step in range(4):
+        module._trainer = SimpleNamespace(global_step=step)
+        loss = module.itm(image, text, torch.ones(n, 5, dtype=torch.long), sim, sim.T)
+        assert torch.isfinite(loss)
+    module._trainer = None
+    assert seen == [True, True, False, False]
+
+
+@pytest.mark.parametrize("steps", [-1, 1.5, True])
+def test_uniform_negative_steps_must_be_a_step_count(steps):
+    from albef_struct.lit.pretrain import PretrainModule
+    from tests.conftest import tiny_config
+
+    with pytest.raises(ValueError, match="itm_uniform_negative_steps"):
+        PretrainModule(arch=tiny_config(), queue_size=16, itm_uniform_negative_steps=steps)

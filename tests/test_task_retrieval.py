@@ -131,9 +131,9 @@ def test_hard_negatives_never_pair_captions_of_the_same_image(monkeypatch):
     original = alignment.sample_hard_negatives
     draws: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def repeated(sim_i2t, sim_t2i, image_ids=None, generator=None):
+    def repeated(sim_i2t, sim_t2i, image_ids=None, generator=None, uniform=False):
         assert image_ids is not None, "the retrieval step must pass image ids to the negative sampler"
-        draws.extend(original(sim_i2t, sim_t2i, image_ids) for _ in range(200))
+        draws.extend(original(sim_i2t, sim_t2i, image_ids, uniform=uniform) for _ in range(200))
         return draws[-1]
 
     monkeypatch.setattr(alignment, "sample_hard_negatives", repeated)

@@ -19,6 +19,13 @@ class EncodedBatch(NamedTuple):
     text_m: Encoded
 
 
+def checked_uniform_negative_steps(steps: int) -> int:
+    """``itm_uniform_negative_steps`` validated: a step count, 0 for ALBEF's hard negatives throughout."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"itm_uniform_negative_steps must be a non-negative step count, got {steps!r}")
+    return steps
+
+
 class AlignmentMixin:
     """ITC + ITM steps for a module with ``model``, ``teacher``, ``queue``, ``contrastive``.
 
@@ -28,6 +35,7 @@ class AlignmentMixin:
     """
 
     itm_single_fusion_call: bool
+    itm_uniform_negative_steps: int = 0
 
     def encode_batch(self, batch: dict[str, Any]) -> EncodedBatch:
         model, teacher = self.model, self.teacher.model
@@ -98,8 +106,10 @@ class AlignmentMixin:
         sim_t2i: torch.Tensor,
         image_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """ITM over B matched pairs and 2B hard-negative pairs drawn from the ITC logits."""
-        neg_text, neg_image = sample_hard_negatives(sim_i2t, sim_t2i, image_ids)
+        """ITM over B matched pairs and 2B negative pairs: hard ones drawn from the ITC logits, or
+        uniformly drawn ones during the first ``itm_uniform_negative_steps`` optimizer steps."""
+        uniform = self.global_step < self.itm_uniform_negative_steps
+        neg_text, neg_image = sample_hard_negatives(sim_i2t, sim_t2i, image_ids, uniform=uniform)
         batch = mask.shape[0]
         texts = torch.cat([text.embeds, text.embeds, text.embeds[neg_text]])
         masks = torch.cat([mask, mask, mask[neg_text]])

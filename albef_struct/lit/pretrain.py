@@ -9,7 +9,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 
 from albef_struct.data.collate import is_empty_batch
-from albef_struct.lit.alignment import AlignmentMixin, EncodedBatch
+from albef_struct.lit.alignment import AlignmentMixin, EncodedBatch, checked_uniform_negative_steps
 from albef_struct.lit.retrieval_eval import RetrievalEvalMixin
 from albef_struct.lit.schedule import OptimConfig
 from albef_struct.lit.task import ALBEFModule
@@ -41,6 +41,10 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
             teacher (``momentum``) or a second augmented view from the DataModule.
         itm_single_fusion_call: run positive and hard-negative ITM pairs through
             the fusion encoder in one call (same numbers, fewer kernel launches).
+        itm_uniform_negative_steps: for this many optimizer steps ITM negatives are drawn
+            uniformly from the other images of the batch, then ALBEF's hard negatives
+            (ALBEF: 0). Freshly initialised cross-attention learns from easy negatives
+            first; with hard ones from step 0 ITM can sit at its prior for hundreds of steps.
         mlm_masked_positions_only: project only masked tokens onto the vocabulary
             (same loss; the full projection dominates a small model's step).
         text_init: HF BERT directory/name to initialise text, fusion and MLM weights
@@ -66,6 +70,7 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         itm_weight: float = 1.0,
         mlm_weight: float = 1.0,
         itm_single_fusion_call: bool = True,
+        itm_uniform_negative_steps: int = 0,
         mlm_masked_positions_only: bool = True,
         text_init: str | None = None,
         init_from: str | None = None,
@@ -96,6 +101,7 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         self.mlm_probability = mlm_probability
         self.itm_weight, self.mlm_weight = itm_weight, mlm_weight
         self.itm_single_fusion_call = itm_single_fusion_call
+        self.itm_uniform_negative_steps = checked_uniform_negative_steps(itm_uniform_negative_steps)
         self.mlm_masked_positions_only = mlm_masked_positions_only
         self.k_test = k_test
         self.rerank_batch_size = rerank_batch_size

@@ -33,13 +33,16 @@ def sample_hard_negatives(
     sim_t2i: torch.Tensor,
     image_ids: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    uniform: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one hard negative text per image and one hard negative image per text.
 
     ``sim_i2t``/``sim_t2i`` are the ``[B, B]`` in-batch ITC logits. Candidates
     showing the same image (same ``image_ids``; the diagonal when ids are not
-    given) are never drawn. One ``torch.multinomial`` call per direction, no loop.
-    Returns ``(neg_text_for_image, neg_image_for_text)``, index tensors of shape ``[B]``.
+    given) are never drawn. With ``uniform`` every other-image candidate is equally
+    likely (easy negatives; the similarities are ignored). One ``torch.multinomial``
+    call per direction, no loop. Returns ``(neg_text_for_image, neg_image_for_text)``,
+    index tensors of shape ``[B]``.
     """
     batch = sim_i2t.shape[0]
     if batch < 2:
@@ -51,8 +54,12 @@ def sample_hard_negatives(
         same = ids == ids.T
         if bool(same.all(dim=1).any()):  # the only host sync, and only when image ids are given
             raise ValueError(_SINGLE_IMAGE)
-    neg_text = torch.multinomial(negative_weights(sim_i2t, same), 1, generator=generator).squeeze(1)
-    neg_image = torch.multinomial(negative_weights(sim_t2i, same.T), 1, generator=generator).squeeze(1)
+    if uniform:  # "same image" is symmetric, so one weight matrix serves both directions
+        weights_text = weights_image = (~same).float()
+    else:
+        weights_text, weights_image = negative_weights(sim_i2t, same), negative_weights(sim_t2i, same.T)
+    neg_text = torch.multinomial(weights_text, 1, generator=generator).squeeze(1)
+    neg_image = torch.multinomial(weights_image, 1, generator=generator).squeeze(1)
     return neg_text, neg_image
 
 
