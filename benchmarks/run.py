@@ -145,16 +145,20 @@ def print_ab(abs_: list[dict]) -> None:
     rows = []
     for row in abs_:
         if "error" in row:
-            rows.append((row["size"], "/".join(row["variants"]), "", "error", row["error"][:60], "", "", ""))
+            rows.append((row["size"], "/".join(row["variants"]), "", "error", row["error"][:60], "", "", "", "", ""))
             continue
         for name, v in row["results"].items():
             rows.append((
                 row["size"], name, row["batch"], f"{v['median_step_s']:.2f}", f"{v['samples_per_s']:.1f}",
                 f"{v['speedup_vs_reference']:.2f}x vs {row['reference']}", f"{100 * v['mfu']:.1f}" if "mfu" in v else "",
                 f"{v['warmup_s'][0]:.1f}",
+                f"{v['reference_loss']:.4f}" if v.get("reference_loss") is not None else "-",
+                f"{100 * v['loss_rel_diff_vs_reference']:.2f}" if "loss_rel_diff_vs_reference" in v else "-",
             ))
-    print("\nPretraining variants stepped in turn in one process (median step; speedup = median of per-round ratios)")
-    print(format_table(("size", "variant", "batch", "step s", "samples/s", "speedup", "MFU %", "first step s"), rows))
+    print("\nPretraining variants stepped in turn in one process (median step; speedup = median of per-round ratios;")
+    print("loss = the step's loss at the shared initial weights, dropout off, same MLM masks and negatives)")
+    print(format_table(("size", "variant", "batch", "step s", "samples/s", "speedup", "MFU %", "first step s", "loss",
+                        "loss diff %"), rows))
 
 
 def print_tables(steps: list[dict], reranks: list[dict], memory: list[dict], skipped: list[dict], peaks: dict) -> None:

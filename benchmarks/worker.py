@@ -135,7 +135,7 @@ def run_ab_row(spec: dict[str, Any]) -> dict[str, Any]:
 
     from benchmarks import measure
     from benchmarks.sizes import SIZES
-    from benchmarks.workloads import VARIANTS, pretrain_workload
+    from benchmarks.workloads import VARIANTS, pretrain_workload, reference_loss
 
     size = SIZES[spec["size"]]
     names = spec["variants"]
@@ -143,6 +143,7 @@ def run_ab_row(spec: dict[str, Any]) -> dict[str, Any]:
     for name in names:
         torch.manual_seed(0)
         works[name] = pretrain_workload(size, VARIANTS[name])
+    losses = {name: reference_loss(works[name]) for name in names}  # same weights and draws: must agree
     warmup = {name: measure.time_steps(works[name].step, spec.get("warmup", 1)) for name in names}
     times: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(spec.get("rounds", 3)):
@@ -166,7 +167,10 @@ def run_ab_row(spec: dict[str, Any]) -> dict[str, Any]:
             "samples_per_s": size.batch / measure.median(times[name]),
             "speedup_vs_reference": statistics.median(ratios),
             "speedup_per_round": ratios,
+            "reference_loss": losses[name],
         }
+        if losses[name] is not None and losses[reference] is not None:
+            variants[name]["loss_rel_diff_vs_reference"] = abs(losses[name] - losses[reference]) / abs(losses[reference])
         flops = counted.get("plain" if name.startswith("plain") else "fast")
         if flops is not None:
             variants[name]["flops_per_step"] = flops

@@ -79,6 +79,25 @@ class Workload:
     batch_size: int
     module: nn.Module
     info: dict[str, Any]
+    loss_fn: Callable[[], torch.Tensor]
+    variant: Variant
+
+
+def reference_loss(work: Workload, seed: int = 0) -> float | None:
+    """The step's loss at the current weights with dropout off and the random draws (MLM masks,
+    hard negatives) seeded: variants built from the same seed must agree on it within their
+    tolerance. Call it before the timed steps (like a step, it pushes the batch into the queue).
+    None for compiled variants, whose eval-mode graph would be a second compilation.
+    """
+    if work.variant.compile:
+        return None
+    work.module.eval()
+    torch.manual_seed(seed)
+    try:
+        with torch.no_grad(), autocast(work.variant.precision):
+            return float(work.loss_fn())
+    finally:
+        work.module.train()
 
 
 def task_missing(task: str) -> str | None:
@@ -156,11 +175,14 @@ def pretrain_workload(
     data = pretrain_batch(size, batch)
     if contrastive == "decomposable":
         data["index"] = torch.randperm(num_samples, generator=torch.Generator().manual_seed(0))[: data["index"].shape[0]]
-    step = _train_step(module, lambda: module.pretrain_losses(data, ALPHA)["loss"], variant)
+    def loss_fn() -> torch.Tensor:
+        return module.pretrain_losses(data, ALPHA)["loss"]
+
+    step = _train_step(module, loss_fn, variant)
     info = {"contrastive": contrastive, "objective": objective, "queue_size": queue_size}
     if contrastive == "decomposable":
         info["num_samples"] = num_samples
-    return Workload(step, data["image"].shape[0], module, info)
+    return Workload(step, data["image"].shape[0], module, info, loss_fn, variant)
 
 
 def task_workload(task: str, size: Size, variant: Variant) -> Workload:
@@ -187,7 +209,7 @@ def task_workload(task: str, size: Size, variant: Variant) -> Workload:
         return out["loss"] if isinstance(out, dict) else out
 
     step = _train_step(module, loss_fn, variant)
-    return Workload(step, size.batch, module, {"task_module": f"{module_name}.{class_name}"})
+    return Workload(step, size.batch, module, {"task_module": f"{module_name}.{class_name}"}, loss_fn, variant)
 
 
 def with_batch(size: Size, batch: int) -> Size:
