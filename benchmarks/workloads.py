@@ -175,6 +175,7 @@ def pretrain_workload(
     data = pretrain_batch(size, batch)
     if contrastive == "decomposable":
         data["index"] = torch.randperm(num_samples, generator=torch.Generator().manual_seed(0))[: data["index"].shape[0]]
+
     def loss_fn() -> torch.Tensor:
         return module.pretrain_losses(data, ALPHA)["loss"]
 
