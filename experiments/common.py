@@ -6,11 +6,12 @@ import json
 import logging
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import yaml
 
 from albef_struct.data import PretrainDataModule
 from albef_struct.lit.pretrain import PretrainModule
@@ -19,30 +20,34 @@ from albef_struct.models import ALBEFConfig, TextConfig, VisionConfig
 from data_prep.demo_data import generate
 
 
-SMALL_TEXT_INIT = "sentence-transformers/all-MiniLM-L6-v2"
-SMALL_VISION_FILE = ".cache/pretrained/vit_small_patch14_dinov2.safetensors"
+SMALL_PRESET = Path(__file__).resolve().parents[1] / "configs/model/small.yaml"
+
+
+def small_preset() -> tuple[ALBEFConfig, str]:
+    """configs/model/small.yaml's architecture and text checkpoint (the one place the preset is defined)."""
+    init_args = yaml.safe_load(SMALL_PRESET.read_text())["init_args"]
+    return ALBEFConfig.from_dict(init_args["arch"]), init_args["text_init"]
 
 
 def experiment_arch(preset: str, image_res: int, private_heads: bool = False) -> tuple[ALBEFConfig, str | None]:
     """The architecture of an experiment run and the text checkpoint to start from.
 
     ``small``: configs/model/small.yaml (pretrained DINOv2 ViT-S/14 + MiniLM 3+3, mean text
-    pooling), the preset whose demo pretraining learns within a CPU budget. ``tiny``: a randomly
-    initialised ViT 128x3 + BERT h128 2+2, which stays near chance at these step counts (kept for
-    smoke tests).
+    pooling) at ``image_res`` with 64 text positions, the preset whose demo pretraining learns
+    within a CPU budget. ``tiny``: a randomly initialised ViT 128x3 + BERT h128 2+2, which
+    stays near chance at these step counts (kept for smoke tests).
     """
     if preset == "small":
-        if image_res % 14:
-            raise ValueError(f"the small preset's ViT has 14 px patches; image_res {image_res} is not a multiple")
-        if not Path(SMALL_VISION_FILE).is_file():
-            raise FileNotFoundError(f"{SMALL_VISION_FILE} is missing: run `python -m data_prep.convert_dinov2_onnx` first")
-        arch = ALBEFConfig(
-            vision=VisionConfig(timm_model="vit_small_patch14_dinov2", pretrained_file=SMALL_VISION_FILE,
-                                img_size=image_res, patch_size=14, width=384, depth=12, heads=6),
-            text=TextConfig(hidden=384, layers=6, fusion_layer=3, heads=12, intermediate=1536, max_position=64),
-            embed_dim=256, text_pooling="mean", mlm_head=True, private_heads=private_heads,
-        )
-        return arch, SMALL_TEXT_INIT
+        arch, text_init = small_preset()
+        if image_res % arch.vision.patch_size:
+            raise ValueError(f"the small preset's ViT has {arch.vision.patch_size} px patches; "
+                             f"image_res {image_res} is not a multiple")
+        if not Path(arch.vision.pretrained_file).is_file():
+            raise FileNotFoundError(f"{arch.vision.pretrained_file} is missing: "
+                                    "run `python -m data_prep.convert_dinov2_onnx` first")
+        arch = replace(arch, vision=replace(arch.vision, img_size=image_res),
+                       text=replace(arch.text, max_position=64), private_heads=private_heads)
+        return arch, text_init
     if preset == "tiny":
         arch = ALBEFConfig(
             vision=VisionConfig(img_size=image_res, patch_size=16, width=128, depth=3, heads=2),

@@ -29,3 +29,22 @@ def test_presets(tmp_path, monkeypatch):
         experiment_arch("small", 56)
     with pytest.raises(ValueError, match="unknown preset"):
         experiment_arch("base", 56)
+
+
+def test_small_preset_is_read_from_its_config(tmp_path, monkeypatch):
+    import yaml
+
+    from albef_struct.models import ALBEFConfig
+    from experiments.common import SMALL_PRESET
+
+    preset = yaml.safe_load(SMALL_PRESET.read_text())["init_args"]
+    monkeypatch.chdir(tmp_path)
+    weights = tmp_path / preset["arch"]["vision"]["pretrained_file"]
+    weights.parent.mkdir(parents=True)
+    weights.touch()  # only its presence is checked here
+    arch, text_init = experiment_arch("small", 56, private_heads=True)
+    assert text_init == preset["text_init"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert (arch.vision.img_size, arch.text.max_position, arch.private_heads) == (56, 64, True)
+    expected = ALBEFConfig.from_dict(preset["arch"])
+    assert (arch.vision.width, arch.vision.depth, arch.text.layers, arch.text.fusion_layer, arch.text_pooling) == (
+        expected.vision.width, expected.vision.depth, expected.text.layers, expected.text.fusion_layer, "mean")
