@@ -1,0 +1,125 @@
+"""What a pretraining checkpoint's frozen features already know about SNLI-VE, before any fine-tuning.
+
+    python -m experiments.ve_feature_probe --ckpt runs/demo/pretrain_small/checkpoints/last.ckpt \
+        --train data/demo/ve_train.json --eval data/demo/ve_dev.json --image-root data/demo
+
+For every (image, hypothesis) pair it extracts three frozen feature sets in eval mode and fits a
+linear probe (``albef_struct.metrics.probe``, logistic regression) on the training pairs:
+
+- ``fused_cls``: the fusion encoder's [CLS], the vector SNLI-VE's classifier head reads;
+- ``itc``: the image and text ITC features side by side (what the dual encoders hold);
+- ``text_only``: the text ITC feature alone, the hypothesis-only baseline.
+
+Each is scored on the 3-way labels and on entailment vs contradiction alone (the part that needs
+the image; a hypothesis-only model is at 50 % there when the two are balanced). A probe well above
+the fine-tuned model says the information is in the checkpoint and the fine-tuning recipe loses it.
+Prints a table and writes ``--out`` (JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from albef_struct.data import VEDataModule
+from albef_struct.lit import PretrainModule
+from albef_struct.metrics.probe import linear_probe_accuracy
+from albef_struct.models import ALBEF
+from tasks.ve import VE_LABELS
+
+FEATURE_SETS = ("fused_cls", "itc", "text_only")
+ENTAILMENT, CONTRADICTION = VE_LABELS.index("entailment"), VE_LABELS.index("contradiction")
+
+
+@torch.no_grad()
+def pair_features(model: ALBEF, loader) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """``{feature set: [N, D]}`` and the labels ``[N]`` of every pair ``loader`` yields."""
+    model.eval()
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in FEATURE_SETS}
+    labels = []
+    for batch in loader:
+        image = model.encode_image(batch["image"])
+        text = model.encode_text(batch["input_ids"], batch["attention_mask"])
+        parts["fused_cls"].append(model.fuse(text.embeds, batch["attention_mask"], image.embeds)[:, 0])
+        parts["itc"].append(torch.cat([image.feat, text.feat], dim=-1))
+        parts["text_only"].append(text.feat)
+        labels.append(batch["label"])
+    return {name: torch.cat(chunks) for name, chunks in parts.items()}, torch.cat(labels)
+
+
+def needs_image(labels: torch.Tensor) -> torch.Tensor:
+    """Mask of the entailment and contradiction pairs (neutral ones are told apart by their wording)."""
+    return (labels == ENTAILMENT) | (labels == CONTRADICTION)
+
+
+def probe_table(
+    train: tuple[dict[str, torch.Tensor], torch.Tensor], held_out: tuple[dict[str, torch.Tensor], torch.Tensor]
+) -> dict[str, dict[str, float]]:
+    """Percent accuracy of a linear probe per feature set: all three classes, and entailment vs contradiction."""
+    (train_x, train_y), (eval_x, eval_y) = train, held_out
+    train_mask, eval_mask = needs_image(train_y), needs_image(eval_y)
+    if not bool(train_mask.any()) or not bool(eval_mask.any()):
+        raise ValueError("the probe needs entailment or contradiction pairs in both files; found none in one of them")
+    table = {}
+    for name in FEATURE_SETS:
+        three_way = linear_probe_accuracy(train_x[name], train_y, eval_x[name], eval_y)
+        image_part = linear_probe_accuracy(
+            train_x[name][train_mask], train_y[train_mask], eval_x[name][eval_mask], eval_y[eval_mask]
+        )
+        table[name] = {"acc": 100.0 * three_way, "acc_entail_vs_contra": 100.0 * image_part}
+    return table
+
+
+def loader_for(path: str, args: argparse.Namespace):
+    """Eval-transform batches of one VE file (no augmentation, no shuffling)."""
+    data = VEDataModule(
+        test_file=path, image_root=args.image_root, image_ext=args.image_ext, image_res=args.image_res,
+        eval_batch_size=args.batch_size, num_workers=0, max_tokens=args.max_tokens,
+    )
+    data.setup("test")
+    return data.test_dataloader()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt", required=True, help="a pretraining checkpoint of this project (PretrainModule)")
+    parser.add_argument("--train", required=True, help="VE JSON the probes are fitted on")
+    parser.add_argument("--eval", required=True, help="VE JSON the probes are scored on")
+    parser.add_argument("--image-root", required=True)
+    parser.add_argument("--image-ext", default=".jpg")
+    parser.add_argument("--image-res", type=int, default=98)
+    parser.add_argument("--max-tokens", type=int, default=None, help="token limit (default: the VE data default)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--out", default="results/ve_feature_probe.json")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if not Path(args.ckpt).is_file():
+        raise SystemExit(f"no checkpoint at {args.ckpt}: run `make demo` (or pass --ckpt) first")
+    model = PretrainModule.load_from_checkpoint(args.ckpt, map_location="cpu").model
+    return run(model, args)
+
+
+def run(model: ALBEF, args: argparse.Namespace) -> dict:
+    """Probe ``model``'s features on ``args.train``/``args.eval``, print the table, write ``args.out``."""
+    train, held_out = pair_features(model, loader_for(args.train, args)), pair_features(model, loader_for(args.eval, args))
+    table = probe_table(train, held_out)
+    pairs = {"train": len(train[1]), "eval": len(held_out[1])}
+    print(f"linear probes on frozen features of {args.ckpt} (fitted on {pairs['train']} pairs of {args.train}, "
+          f"scored on {pairs['eval']} of {args.eval}; percent)")
+    print(f"{'features':<12} {'3-way':>7} {'entail vs contra':>17}")
+    for name, row in table.items():
+        print(f"{name:<12} {row['acc']:>7.1f} {row['acc_entail_vs_contra']:>17.1f}")
+    result = {"ckpt": args.ckpt, "train": args.train, "eval": args.eval, "pairs": pairs, "probes": table}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""experiments/ve_feature_probe.py: the feature sets, the probe table and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from albef_struct.models import ALBEF
+from experiments.ve_feature_probe import CONTRADICTION, ENTAILMENT, FEATURE_SETS, needs_image, parse_args, probe_table, run
+from tasks.ve import VE_LABELS
+from tests.conftest import tiny_config
+
+NEUTRAL = VE_LABELS.index("neutral")
+
+
+def synthetic_split(n: int, seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Labels cycling through the three classes; ``fused_cls`` encodes the label, ``itc`` only neutral-ness."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    noise = lambda: 0.1 * torch.randn(n, 6, generator=generator)  # noqa: E731
+    fused = torch.nn.functional.one_hot(labels, 6).double() + noise()
+    neutral_only = torch.nn.functional.one_hot((labels == NEUTRAL).long(), 6).double() + noise()
+    features = {"fused_cls": fused, "itc": neutral_only, "text_only": neutral_only}
+    return features, labels
+
+
+def test_needs_image_keeps_entailment_and_contradiction_only():
+    labels = torch.tensor([ENTAILMENT, NEUTRAL, CONTRADICTION, NEUTRAL])
+    assert needs_image(labels).tolist() == [True, False, True, False]
+
+
+def test_probe_table_separates_informative_from_hypothesis_only_features():
+    table = probe_table(synthetic_split(90, seed=0), synthetic_split(60, seed=1))
+    assert set(table) == set(FEATURE_SETS)
+    assert table["fused_cls"] == {"acc": 100.0, "acc_entail_vs_contra": 100.0}
+    # neutral is recognisable, entailment vs contradiction is not: a coin flip at best
+    assert table["text_only"]["acc_entail_vs_contra"] <= 60.0
+    assert table["text_only"]["acc"] < 80.0
+
+
+def test_probe_table_names_the_missing_classes():
+    features, labels = synthetic_split(30, seed=0)
+    only_neutral = torch.full_like(labels, NEUTRAL)
+    with pytest.raises(ValueError, match="entailment or contradiction"):
+        probe_table((features, labels), (features, only_neutral))
+
+
+def test_run_probes_a_model_on_ve_files_and_writes_the_table(demo_dir, tmp_path, capsys):
+    torch.manual_seed(0)
+    model = ALBEF(tiny_config())
+    out = tmp_path / "probe.json"
+    args = parse_args([
+        "--ckpt", "unused", "--train", str(demo_dir / "ve_train.json"), "--eval", str(demo_dir / "ve_dev.json"),
+        "--image-root", str(demo_dir), "--image-res", "32", "--batch-size", "16", "--out", str(out),
+    ])
+    result = run(model, args)
+
+    written = json.loads(out.read_text())
+    assert written == json.loads(json.dumps(result))
+    for split, path in (("train", "ve_train.json"), ("eval", "ve_dev.json")):  # every record, none skipped
+        assert written["pairs"][split] == len(json.loads((demo_dir / path).read_text()))
+    for name in FEATURE_SETS:
+        row = written["probes"][name]
+        assert 0.0 <= row["acc"] <= 100.0 and 0.0 <= row["acc_entail_vs_contra"] <= 100.0
+    printed = capsys.readouterr().out
+    assert "fused_cls" in printed and "entail vs contra" in printed
