@@ -84,8 +84,9 @@ def model_arch(config: dict) -> ALBEFConfig:
 
 
 def comparable(arch: ALBEFConfig) -> ALBEFConfig:
-    """The fields that decide which weights fit (heads differ per task; weight sources do not matter)."""
-    return replace(arch.without_weight_sources(), mlm_head=False, itm_head=False, projections=False,
+    """The fields that decide which weights fit (heads differ per task; weight sources and dropout do not matter)."""
+    text = replace(arch.text, hidden_dropout=0.0, attention_dropout=0.0)
+    return replace(arch.without_weight_sources(), text=text, mlm_head=False, itm_head=False, projections=False,
                    answer_decoder_layers=0)
 
 
