@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -99,10 +100,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if not Path(args.ckpt).is_file():
-        raise SystemExit(f"no checkpoint at {args.ckpt}: run `make demo` (or pass --ckpt) first")
-    model = PretrainModule.load_from_checkpoint(args.ckpt, map_location="cpu").model
-    return run(model, args)
+    return run(load_pretraining_model(args.ckpt), args)
+
+
+def load_pretraining_model(path: str) -> ALBEF:
+    """The model of a pretraining checkpoint of this project; any other file fails naming itself and the fix."""
+    if not Path(path).is_file():
+        raise SystemExit(f"no checkpoint at {path}: run `make demo` (or pass --ckpt) first")
+    hint = ("--ckpt must be a pretraining checkpoint of this project (`albef-struct fit` with PretrainModule, "
+            "e.g. runs/demo/pretrain_small/checkpoints/last.ckpt), not a task checkpoint")
+    try:
+        model = PretrainModule.load_from_checkpoint(path, map_location="cpu").model
+    except (KeyError, RuntimeError, TypeError, ValueError, pickle.UnpicklingError) as error:
+        raise SystemExit(f"{path} could not be loaded as a pretraining checkpoint ({type(error).__name__}: "
+                         f"{str(error)[:200]}); {hint}") from error
+    return model  # PretrainModule itself refuses an architecture without ITC projections
 
 
 def run(model: ALBEF, args: argparse.Namespace) -> dict:

@@ -66,3 +66,42 @@ def test_run_probes_a_model_on_ve_files_and_writes_the_table(demo_dir, tmp_path,
         assert 0.0 <= row["acc"] <= 100.0 and 0.0 <= row["acc_entail_vs_contra"] <= 100.0
     printed = capsys.readouterr().out
     assert "fused_cls" in printed and "entail vs contra" in printed
+
+
+
+def test_fused_cls_is_the_vector_the_ve_head_classifies(demo_dir, tmp_path):
+    from dataclasses import replace
+
+    from experiments.ve_feature_probe import loader_for, pair_features
+    from tasks.ve import ve_arch, ve_logits
+
+    torch.manual_seed(0)
+    model = ALBEF(replace(ve_arch(tiny_config()), projections=True))  # VE's head plus the probe's ITC features
+    args = parse_args(["--ckpt", "unused", "--train", "unused", "--eval", "unused", "--image-root", str(demo_dir),
+                       "--image-res", "32", "--batch-size", "8", "--out", str(tmp_path / "unused.json")])
+    loader = loader_for(str(demo_dir / "ve_dev.json"), args)
+    features, labels = pair_features(model, loader)
+
+    with torch.no_grad():
+        batches = list(loader)
+        expected = torch.cat([ve_logits(model, b["image"], b["input_ids"], b["attention_mask"]) for b in batches])
+        expected_labels = torch.cat([b["label"] for b in batches])
+        classified = model.cls_head(features["fused_cls"])
+    torch.testing.assert_close(classified, expected)
+    assert torch.equal(labels, expected_labels)
+    assert features["itc"].shape[1] == 2 * features["text_only"].shape[1]
+
+
+def test_a_task_checkpoint_is_refused_with_the_fix(tmp_path):
+    from experiments.ve_feature_probe import load_pretraining_model
+
+    with pytest.raises(SystemExit, match="no checkpoint at"):
+        load_pretraining_model(str(tmp_path / "missing.ckpt"))
+    not_lightning = tmp_path / "weights.pth"
+    torch.save({"model": {}}, not_lightning)
+    with pytest.raises(SystemExit, match=r"weights.pth could not be loaded as a pretraining checkpoint.*--ckpt must be"):
+        load_pretraining_model(str(not_lightning))
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match=r"corrupt.ckpt could not be loaded as a pretraining checkpoint"):
+        load_pretraining_model(str(corrupt))
