@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from albef_struct.lit import OptimConfig, WarmupCosine, decay_groups, ramped_alpha
+from albef_struct.lit import OptimConfig, WarmupCosine, decay_groups, freeze_parameters, ramped_alpha
 
 
 def test_linear_warmup_then_per_epoch_cosine_like_albef():
@@ -99,3 +99,24 @@ def test_lr_scale_rejects_patterns_that_match_nothing_and_bad_factors():
         decay_groups(model.named_parameters(), 0.02, lr_scale={"crossatention": 10.0}, lr=1e-4)
     with pytest.raises(ValueError, match="positive factors"):
         OptimConfig(lr_scale={"head": 0.0})
+
+
+def test_freeze_stops_training_matching_parameters_and_keeps_them_out_of_the_optimizer():
+    model = nn.ModuleDict({"visual_encoder": nn.Linear(3, 3), "fusion": nn.Linear(3, 3)})
+    assert freeze_parameters(model.named_parameters(), ["visual_encoder"]) == 2
+    assert not any(p.requires_grad for p in model["visual_encoder"].parameters())
+    assert all(p.requires_grad for p in model["fusion"].parameters())
+    groups = decay_groups(model.named_parameters(), 0.02)
+    assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in model["fusion"].parameters()}
+    # freezing again is harmless (a second fit), and nothing else changes
+    assert freeze_parameters(model.named_parameters(), ["visual_encoder"]) == 0
+    assert freeze_parameters(model.named_parameters(), []) == 0
+
+
+def test_freeze_rejects_patterns_that_match_nothing_and_empty_patterns():
+    model = nn.ModuleDict({"visual_encoder": nn.Linear(3, 3)})
+    with pytest.raises(ValueError, match=r"\['visual_encodr'\] match no parameter name"):
+        freeze_parameters(model.named_parameters(), ["visual_encoder", "visual_encodr"])
+    assert all(p.requires_grad for p in model.parameters())  # nothing frozen by the failed call
+    with pytest.raises(ValueError, match="optim.freeze needs non-empty"):
+        OptimConfig(freeze=[""])

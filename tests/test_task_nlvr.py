@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 import yaml
+from torch.utils.data import DataLoader
 
 from albef_struct.cli import main
 from albef_struct.data import NLVRDataModule
+from albef_struct.lit import OptimConfig
 from albef_struct.lit.pretrain import PretrainModule
 from albef_struct.models import TextConfig
 from tasks.nlvr import (
@@ -253,17 +255,15 @@ def test_a_tiny_model_overfits_six_nlvr_examples(demo_dir, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model: one thread is as fast and immune to a busy second core
     try:
-        accuracy, step, loss, elapsed = overfit(module, optimizer, batch)
+        accuracy, step, loss = overfit(module, optimizer, batch)
     finally:
         torch.set_num_threads(threads)
-    print(f"overfit: {step + 1} steps, {elapsed:.1f} s")
     assert accuracy == 1.0, f"accuracy {accuracy} after {step + 1} steps (loss {loss:.3f})"
-    assert elapsed < 30, f"{step + 1} steps took {elapsed:.1f} s"
 
 
-def overfit(module: NLVRModule, optimizer: torch.optim.Optimizer, batch: dict) -> tuple[float, int, float, float]:
-    """Train on one batch until it is classified perfectly (at most 150 steps): accuracy, last step, loss, seconds."""
-    start, accuracy = time.perf_counter(), 0.0
+def overfit(module: NLVRModule, optimizer: torch.optim.Optimizer, batch: dict) -> tuple[float, int, float]:
+    """Train on one batch until it is classified perfectly (at most 150 steps): accuracy, last step, loss."""
+    accuracy = 0.0
     for step in range(150):
         module.train()
         loss = module.classification_losses(batch, alpha=0.0)["loss"]
@@ -277,7 +277,22 @@ def overfit(module: NLVRModule, optimizer: torch.optim.Optimizer, batch: dict) -
             accuracy = float((logits.argmax(-1) == batch["label"]).float().mean())
             if accuracy == 1.0:
                 break
-    return accuracy, step, float(loss), time.perf_counter() - start
+    return accuracy, step, float(loss)
+
+
+def test_a_frozen_image_encoder_stays_fixed_while_the_rest_trains(tmp_path):
+    torch.manual_seed(0)
+    module = NLVRModule(arch=tiny(), optim=OptimConfig(lr=1e-3, warmup_steps=0, freeze=["visual_encoder"]))
+    before = copy.deepcopy(module.model.state_dict())
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=3, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, train_dataloaders=DataLoader([nlvr_batch(seed=s) for s in range(3)], batch_size=None))
+    after = module.model.state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert not any(name.startswith("visual_encoder.") for name in changed)
+    assert any(name.startswith("fusion_encoder.") for name in changed)
+    assert any(name.startswith("text_encoder.") for name in changed) and any(n.startswith("cls_head.") for n in changed)
+    assert not any(p.requires_grad for p in module.model.visual_encoder.parameters())
 
 
 # --- configs and the CLI ----------------------------------------------------------------------------------

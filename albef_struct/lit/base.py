@@ -55,6 +55,25 @@ def decay_groups(
     return groups
 
 
+def freeze_parameters(named_params: Iterator[tuple[str, nn.Parameter]], patterns: list[str]) -> int:
+    """Stop training every parameter whose name contains one of ``patterns``; returns how many.
+
+    A pattern that matches no parameter name raises, naming it, so a typo cannot leave
+    the encoder it meant to freeze training.
+    """
+    if not patterns:
+        return 0
+    params = [(name, param) for name, param in named_params if any(pattern in name for pattern in patterns)]
+    unmatched = sorted(p for p in set(patterns) if not any(p in name for name, _ in params))
+    if unmatched:
+        raise ValueError(f"optim.freeze pattern(s) {unmatched} match no parameter name "
+                         "(patterns are substrings of names such as 'model.visual_encoder.blocks.0.attn.qkv.weight')")
+    frozen = sum(int(param.requires_grad) for _, param in params)
+    for _, param in params:
+        param.requires_grad_(False)
+    return frozen
+
+
 class ALBEFLitBase(pl.LightningModule):
     """Owns the optimizer, the warm-up + cosine schedule and the distillation-alpha ramp.
 
@@ -89,6 +108,7 @@ class ALBEFLitBase(pl.LightningModule):
     no_decay_prefixes: tuple[str, ...] = ("contrastive.",)
 
     def configure_optimizers(self):
+        freeze_parameters(self.named_parameters(), self.optim.freeze)
         groups = decay_groups(self.named_parameters(), self.optim.weight_decay, self.no_decay_prefixes,
                               self.optim.lr_scale, self.optim.lr)
         kwargs = {"lr": self.optim.lr, "betas": tuple(self.optim.betas), "eps": self.optim.eps}

@@ -18,7 +18,8 @@ class OptimConfig:
     not 1-D and not a bias, the temperature and position embeddings included.
     ``lr_scale`` multiplies the whole schedule for parameters whose name contains a key
     (e.g. ``{crossattention: 10}`` for fusion layers that start fresh on pretrained encoders;
-    ALBEF: none).
+    ALBEF: none). ``freeze`` lists parameter-name substrings whose parameters are not trained
+    at all (e.g. ``[visual_encoder]`` to keep the image encoder fixed; ALBEF: none).
     """
 
     lr: float = 1e-4
@@ -31,11 +32,14 @@ class OptimConfig:
     eps: float = 1e-8
     fused: bool | None = None  # fused AdamW kernel (None: torch's default choice)
     lr_scale: dict[str, float] = field(default_factory=dict)  # parameter-name substring -> lr factor
+    freeze: list[str] = field(default_factory=list)  # parameter-name substrings kept fixed
 
     def __post_init__(self) -> None:
         for key, factor in self.lr_scale.items():
             if not key or factor <= 0:
                 raise ValueError(f"optim.lr_scale needs non-empty name patterns and positive factors, got {key!r}: {factor}")
+        if not all(self.freeze):
+            raise ValueError(f"optim.freeze needs non-empty parameter-name patterns, got {self.freeze!r}")
 
 
 class WarmupCosine:
