@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -231,7 +230,7 @@ def test_tiny_model_overfits_six_demo_questions(demo_dir, tokenizer):
     module = VQAModule(arch=tiny_config(text=NO_DROPOUT), momentum=0.9, k_test=8)
     module.set_answer_list(answer_list, tokenizer.encode_answers(answer_list))
     optimizer = torch.optim.AdamW(module.parameters(), lr=3e-3, weight_decay=0.0)
-    started, first_loss, accuracy = time.perf_counter(), None, 0.0
+    first_loss, accuracy = None, 0.0
     for step in range(200):
         module.train()
         loss = module.vqa_training_loss(batch, alpha=0.4)
@@ -246,10 +245,8 @@ def test_tiny_model_overfits_six_demo_questions(demo_dir, tokenizer):
             accuracy = sum(answer_list[i] == t for i, t in zip(top1.tolist(), targets)) / len(targets)
             if accuracy == 1.0:
                 break
-    elapsed = time.perf_counter() - started
     assert accuracy == 1.0, f"accuracy {accuracy} after {step + 1} steps"
     assert float(loss) < 0.5 * first_loss
-    assert elapsed < 30.0, f"overfitting took {elapsed:.1f} s"
 
 
 # --- evaluation, chance level and the EvalAI file -----------------------------------------------------------
