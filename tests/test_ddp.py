@@ -78,6 +78,24 @@ def build_module(contrastive: str, cls: type[PretrainModule] = PretrainModule) -
     )
 
 
+def build_frozen_nlvr():
+    """A tiny NLVR2 module that fine-tunes on a fixed image encoder (``optim.freeze``)."""
+    from tasks.nlvr import NLVRModule
+
+    arch = tiny_config()
+    arch = replace(arch, text=replace(arch.text, hidden_dropout=0.0, attention_dropout=0.0))
+    torch.manual_seed(0)
+    return NLVRModule(arch=arch, optim=OptimConfig(lr=1e-3, warmup_steps=0, freeze=["visual_encoder"]), distill=False)
+
+
+def nlvr_rank_batch(rank: int, step: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(100 * step + rank)
+    ids = torch.randint(1000, 30000, (PER_RANK, 6), generator=g)
+    ids[:, 0] = 101
+    return {"image0": torch.randn(PER_RANK, 3, 32, 32, generator=g), "image1": torch.randn(PER_RANK, 3, 32, 32, generator=g),
+            "input_ids": ids, "attention_mask": torch.ones_like(ids), "label": torch.arange(PER_RANK) % 2}
+
+
 def initial_state(contrastive: str) -> dict[str, torch.Tensor]:
     """The module's starting weights; the decomposable state starts half visited (the EMA path runs)."""
     module = build_module(contrastive)
@@ -149,14 +167,14 @@ def eval_loaders() -> list[DataLoader]:
     return [DataLoader(Items(items), batch_size=3, collate_fn=trimmed_collate) for items in (images, texts)]
 
 
-def trainer(devices: int, root: Path, callbacks: list | None = None, **kwargs):
+def trainer(devices: int, root: Path, callbacks: list | None = None, find_unused: bool = True, **kwargs):
     import pytorch_lightning as pl
     from pytorch_lightning.strategies import DDPStrategy
 
     strategy = "auto"
     if devices > 1:
         strategy = DDPStrategy(
-            process_group_backend="gloo", broadcast_buffers=False, find_unused_parameters=True,
+            process_group_backend="gloo", broadcast_buffers=False, find_unused_parameters=find_unused,
             timeout=timedelta(seconds=60),
         )
     return pl.Trainer(
@@ -198,6 +216,12 @@ def worker(rank: int, out: Path) -> None:
     module = build_module("infonce", EvalModule)
     module.load_state_dict(torch.load(out / "init_infonce.pt", weights_only=True))
     trainer(WORLD, out / "eval_ddp").test(module, eval_loaders(), verbose=False)
+    # DDP's default (no unused-parameter search): a frozen encoder must be frozen before DDP is built
+    module = build_frozen_nlvr()
+    module.load_state_dict(torch.load(out / "init_nlvr_frozen.pt", weights_only=True))
+    loader = DataLoader(Items([nlvr_rank_batch(rank, step) for step in range(2)]), batch_size=None)
+    trainer(WORLD, out / "frozen_ddp", find_unused=False, max_steps=2, use_distributed_sampler=False).fit(module, loader)
+    torch.save(module.model.state_dict(), out / f"nlvr_frozen_rank{rank}.pt")
 
 
 # --- the test ------------------------------------------------------------------------------------------
@@ -234,6 +258,7 @@ def ddp_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
     for case in CASES:
         torch.save(initial_state(case), out / f"init_{case}.pt")
+    torch.save(build_frozen_nlvr().state_dict(), out / "init_nlvr_frozen.pt")
     for rank, result in enumerate(launch(out)):
         assert result.returncode == 0, f"DDP worker failed:\n{result.stdout[-4000:]}"
         assert f"MEMBER: {rank + 1}/{WORLD}" in result.stdout  # Lightning ran it as rank {rank} of 2
@@ -299,6 +324,17 @@ def test_sharded_retrieval_evaluation_equals_one_process(ddp_run):
         assert a.shape == b.shape and EVAL_IMAGES in a.shape and EVAL_IMAGES * CAPTIONS_PER_IMAGE in a.shape
         assert torch.equal(a == -100, b == -100)  # the same top-k_test candidates
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_frozen_image_encoder_fine_tunes_under_strict_ddp(ddp_run):
+    initial = {k.removeprefix("model."): v for k, v in torch.load(ddp_run / "init_nlvr_frozen.pt", weights_only=True).items()
+               if k.startswith("model.")}
+    ranks = [torch.load(ddp_run / f"nlvr_frozen_rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    for name, value in initial.items():
+        torch.testing.assert_close(ranks[1][name], ranks[0][name], rtol=0, atol=0, msg=name)  # synchronised steps
+        if name.startswith("visual_encoder."):
+            assert torch.equal(ranks[0][name], value), name
+    assert any(not torch.equal(ranks[0][n], v) for n, v in initial.items() if n.startswith("fusion_encoder."))
 
 
 if __name__ == "__main__":

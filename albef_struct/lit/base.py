@@ -107,8 +107,13 @@ class ALBEFLitBase(pl.LightningModule):
     #: parameter-name prefixes that never get weight decay (loss parameters, not weights)
     no_decay_prefixes: tuple[str, ...] = ("contrastive.",)
 
-    def configure_optimizers(self):
+    def configure_model(self) -> None:
+        """Apply ``optim.freeze`` here, before the strategy wraps the model: DDP records which
+        parameters need gradients when it is built, so freezing later would leave it waiting
+        for gradients that never come."""
         freeze_parameters(self.named_parameters(), self.optim.freeze)
+
+    def configure_optimizers(self):
         groups = decay_groups(self.named_parameters(), self.optim.weight_decay, self.no_decay_prefixes,
                               self.optim.lr_scale, self.optim.lr)
         kwargs = {"lr": self.optim.lr, "betas": tuple(self.optim.betas), "eps": self.optim.eps}
