@@ -120,3 +120,5 @@ def test_freeze_rejects_patterns_that_match_nothing_and_empty_patterns():
     assert all(p.requires_grad for p in model.parameters())  # nothing frozen by the failed call
     with pytest.raises(ValueError, match="optim.freeze needs non-empty"):
         OptimConfig(freeze=[""])
+    with pytest.raises(ValueError, match=r"takes a list of parameter-name patterns, e.g. \[visual_encoder\]"):
+        OptimConfig(freeze="visual_encoder")

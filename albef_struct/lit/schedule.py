@@ -38,6 +38,8 @@ class OptimConfig:
         for key, factor in self.lr_scale.items():
             if not key or factor <= 0:
                 raise ValueError(f"optim.lr_scale needs non-empty name patterns and positive factors, got {key!r}: {factor}")
+        if isinstance(self.freeze, str):  # a bare name would be read as one pattern per character
+            raise ValueError(f"optim.freeze takes a list of parameter-name patterns, e.g. [{self.freeze}], not {self.freeze!r}")
         if not all(self.freeze):
             raise ValueError(f"optim.freeze needs non-empty parameter-name patterns, got {self.freeze!r}")
 
