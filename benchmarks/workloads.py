@@ -159,8 +159,8 @@ def pretrain_workload(
     from albef_struct.lit.pretrain import PretrainModule
 
     args: dict[str, Any] = {}
-    if contrastive == "decomposable":
-        args = {"num_samples": num_samples}
+    if contrastive == "decomposable":  # at web scale the bank (N x D per modality) gives way to running estimates
+        args = {"num_samples": num_samples, "denominator": "running"}
     module = PretrainModule(
         arch=size.arch(mlm_head=True, attention=variant.attention, grad_checkpointing=variant.checkpointing),
         queue_size=queue_size,

@@ -36,13 +36,17 @@ minibatches of ``B = 8`` pairs (anchors = candidates = the batch, both direction
 10 seeds sharing data, batch order and log-uniform initial θ ∈ [1/3, 3] across methods:
 
 * ``infonce``: in-batch InfoNCE (normalises over the batch only).
-* ``decomposable_oracle``: the surrogate with ``u_i = 1/A_i(θ)`` computed over the whole
-  dataset every step: the idealised estimator whose unbiasedness the theory claims.
-* ``decomposable*``: :class:`~albef_struct.losses.decomposable.DecomposableLoss` with
-  ``positive_weight="dataset"`` (its ``Â_i`` is unbiased for the full-data ``A_i``), for
-  ``γ ∈ {0.9 (SogCLR's default), 0.1}`` × ``u_from ∈ {"updated" (SogCLR's order),
-  "previous"}``, plus the Gamma-sampled E-step. ``decomposable`` is the class defaults
-  (γ = 0.1, ``"previous"``, ``"dataset"``), chosen from the first measurement below.
+* ``decomposable``: :class:`~albef_struct.losses.decomposable.DecomposableLoss`'s
+  defaults: the relative surrogate ``ĝ_i/u_i`` with ``u_i`` from the feature bank (every
+  pair seen so far, the current θ). The embeddings here are data, so once every pair has
+  been seen the bank's ``u_i`` is exact; ``decomposable_oracle`` has every pair in the
+  bank from step 0. ``decomposable_sampled``: the bank with the Gamma-sampled E-step.
+* ``decomposable_running``: the relative surrogate with one running estimate per pair
+  and direction (FastCLIP's schedule: γ = 1 on the first visit, cosine to 0.2 over 10
+  visits); the stored values were computed at an older θ.
+* ``decomposable_absolute``: the earlier default (absolute surrogate
+  ``−s_ii/τ + Â_i/Ā_i``, γ = 0.1, ``u`` from before the update); ``decomposable_sogclr``:
+  the absolute surrogate with SogCLR's rate and order (γ = 0.9, updated ``u``).
 
 The problem, noise levels, batch size, learning rate, tolerance and the γ grid were
 fixed before any run. The oracle, the ``"previous"`` order and the 40 000 steps were
@@ -81,7 +85,12 @@ from typing import Literal
 
 import torch
 
-from albef_struct.losses.decomposable import decomposable_terms, ema_log_update, log_minibatch_denominator
+from albef_struct.losses.decomposable import (
+    cosine_gamma,
+    ema_log_update,
+    log_bank_denominator,
+    log_minibatch_denominator,
+)
 
 DTYPE = torch.float64
 TOLERANCE = 0.05
@@ -219,26 +228,38 @@ def cosine_lr(lr: float, steps: int) -> torch.Tensor:
 # --- methods -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Method:
-    """One optimiser of θ: in-batch InfoNCE, the decomposable loss, or its exact-denominator oracle."""
+    """One optimiser of θ: in-batch InfoNCE or a :class:`DecomposableLoss` configuration.
+
+    ``denominator="oracle"`` is the bank with every pair in it from step 0 (here, where
+    the embeddings are data, the exact full-data denominators at the current θ).
+    """
 
     name: str
-    kind: Literal["infonce", "decomposable", "oracle"]
-    gamma: float = 0.9
+    kind: Literal["infonce", "decomposable"]
+    form: Literal["relative", "absolute"] = "relative"
+    denominator: Literal["bank", "running", "oracle"] = "bank"
+    gamma: float = 1.0
+    gamma_min: float = 0.2
+    gamma_decay_visits: int = 10
     u_from: Literal["updated", "previous"] = "updated"
     u_mode: Literal["mean", "sample"] = "mean"
 
 
 METHODS = (
     Method("infonce", "infonce"),
-    # u = 1/A_i(θ) computed over the whole dataset each step: the idealised estimator
-    Method("decomposable_oracle", "oracle"),
-    Method("decomposable_sogclr", "decomposable", gamma=0.9, u_from="updated"),  # SogCLR's rate and order
-    Method("decomposable_g0.1_updated", "decomposable", gamma=0.1, u_from="updated"),
-    Method("decomposable_g0.9_previous", "decomposable", gamma=0.9, u_from="previous"),
-    Method("decomposable", "decomposable", gamma=0.1, u_from="previous"),  # DecomposableLoss defaults
-    Method("decomposable_sampled", "decomposable", gamma=0.1, u_from="previous", u_mode="sample"),
+    Method("decomposable", "decomposable"),  # DecomposableLoss defaults: relative form, feature bank
+    Method("decomposable_oracle", "decomposable", denominator="oracle"),
+    Method("decomposable_sampled", "decomposable", u_mode="sample"),
+    # FastCLIP's running estimate: relative, γ = 1 on the first visit, cosine to 0.2 over 10 visits
+    Method("decomposable_running", "decomposable", denominator="running"),
+    # the earlier defaults: absolute surrogate, running estimate at γ = 0.1, u from before the update
+    Method("decomposable_absolute", "decomposable", form="absolute", denominator="running", gamma=0.1,
+           gamma_min=0.1, gamma_decay_visits=0, u_from="previous"),
+    # SogCLR's rate and order with the absolute surrogate
+    Method("decomposable_sogclr", "decomposable", form="absolute", denominator="running", gamma=0.9,
+           gamma_min=0.9, gamma_decay_visits=0, u_from="updated"),
 )
-KINDS = ("infonce", "decomposable", "oracle")
+KINDS = ("infonce", "decomposable")
 
 
 class StackedRuns:
@@ -252,7 +273,7 @@ class StackedRuns:
     def __init__(self, methods: tuple[Method, ...], images: torch.Tensor, texts: torch.Tensor, kappa: torch.Tensor) -> None:
         self.methods, self.seeds = methods, images.shape[0]
         count = len(methods)
-        rows = len(methods) * self.seeds
+        rows, num_pairs = len(methods) * self.seeds, images.shape[1]
 
         def per_row(values: list, dtype: torch.dtype) -> torch.Tensor:
             return torch.tensor(values, dtype=dtype).repeat_interleave(self.seeds)[:, None]
@@ -260,12 +281,16 @@ class StackedRuns:
         self.images, self.texts = images.repeat(count, 1, 1), texts.repeat(count, 1, 1)
         self.kappa = kappa.repeat(count)
         self.kind = per_row([KINDS.index(m.kind) for m in methods], torch.long)[:, 0]
-        self.oracle_rows = (self.kind == KINDS.index("oracle")).nonzero()[:, 0]
+        self.absolute = per_row([m.form == "absolute" for m in methods], torch.bool)
+        self.bank_rows = per_row([m.denominator in ("bank", "oracle") for m in methods], torch.bool)[:, 0].nonzero()[:, 0]
+        self.oracle = per_row([m.denominator == "oracle" for m in methods], torch.bool)
         self.gamma = per_row([m.gamma for m in methods], DTYPE)
+        self.gamma_min = per_row([m.gamma_min for m in methods], DTYPE)
+        self.decay = per_row([m.gamma_decay_visits for m in methods], DTYPE)
         self.previous = per_row([m.u_from == "previous" for m in methods], torch.bool)
         self.sample = per_row([m.u_mode == "sample" for m in methods], torch.bool)
-        self.log_avg = [torch.zeros(rows, images.shape[1], dtype=DTYPE) for _ in range(2)]
-        self.visited = torch.zeros(rows, images.shape[1], dtype=torch.bool)
+        self.state = [torch.zeros(rows, num_pairs, dtype=DTYPE) for _ in range(2)]
+        self.visits = torch.zeros(rows, num_pairs, dtype=torch.long)
 
     @property
     def rows(self) -> int:
@@ -284,32 +309,40 @@ class StackedRuns:
 
         infonce = sum((torch.logsumexp(logits, 2) - positive).mean(1) for logits in directions) / 2
         diagonal = torch.arange(batch)
-        log_hats = [log_minibatch_denominator(logits, diagonal, "dataset", num_pairs) for logits in directions]
-        used = self._update(index, log_hats)
-        with torch.no_grad():  # the oracle rows' exact log A_i over all N candidates
-            oracle = self.oracle_rows
-            full = (images[oracle] @ self.texts[oracle].transpose(1, 2), texts[oracle] @ self.images[oracle].transpose(1, 2))
-            exact = [torch.logsumexp(scale[oracle] * cos, 2) - math.log(num_pairs) for cos in full]
+        shift = torch.where(self.absolute, positive, torch.zeros_like(positive))
+        log_hats = [log_minibatch_denominator(logits - positive[..., None], diagonal, "dataset", num_pairs) + shift
+                    for logits in directions]
+        used = self._update(index, [h.detach() for h in log_hats])
+        with torch.no_grad():  # the bank rows' log u over every pair already seen (the oracle's: all pairs)
+            bank = self.bank_rows
+            in_bank = (self.visits[bank] > 0) | self.oracle[bank]
+            temp, pos = 1.0 / scale[bank], positive[bank].detach()
+            for direction, (anchors, others) in enumerate(((images, self.texts), (texts, self.images))):
+                log_u = log_bank_denominator(anchors[bank], pos, others[bank], in_bank, index[bank], temp,
+                                             -math.log(num_pairs))
+                used[direction] = used[direction].index_copy(0, bank, log_u + shift[bank].detach())
         draws = torch._standard_gamma(torch.ones(2, self.rows, batch, dtype=DTYPE), generator=generator)
         decomposable = 0.0
         for direction in range(2):
-            log_avg = used[direction].index_copy(0, oracle, exact[direction])
-            factor = torch.where(self.sample, draws[direction], 1.0)  # Gamma(1, 1): u = factor / Ā
-            surrogate, _ = decomposable_terms(positive, log_hats[direction], log_avg, factor)
+            factor = torch.where(self.sample, draws[direction], 1.0)  # Gamma(1, 1): u⁻¹ scaled by the draw
+            ratio = factor * torch.exp(log_hats[direction] - used[direction])
+            surrogate = torch.where(self.absolute, ratio - positive, ratio)
             decomposable = decomposable + surrogate.mean(1) / 2
         return torch.where(self.kind == KINDS.index("infonce"), infonce, decomposable).sum()
 
     @torch.no_grad()
     def _update(self, index: torch.Tensor, log_hats: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Fold this batch's ``log Â`` into the state; the ``log Ā`` each row's ``u`` uses."""
-        seen = self.visited.gather(1, index)
+        """Count the visit and fold this batch's ``log ĝ`` into the running state; the ``log u`` each row uses."""
+        visits = self.visits.gather(1, index)
+        seen = visits > 0
+        rate = cosine_gamma(visits, self.gamma, self.gamma_min, self.decay)
         used = []
-        for state, log_hat in zip(self.log_avg, log_hats):
+        for state, log_hat in zip(self.state, log_hats):
             old = state.gather(1, index)
-            new = ema_log_update(old, log_hat, self.gamma, seen)
+            new = ema_log_update(old, log_hat, rate, seen)
             state.scatter_(1, index, new)
             used.append(torch.where(self.previous & seen, old, new))
-        self.visited.scatter_(1, index, True)
+        self.visits.scatter_(1, index, visits + 1)
         return used
 
 

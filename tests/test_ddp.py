@@ -70,7 +70,7 @@ class EvalModule(PretrainModule):
 def build_module(contrastive: str, cls: type[PretrainModule] = PretrainModule) -> PretrainModule:
     arch = tiny_config()
     arch = replace(arch, text=replace(arch.text, hidden_dropout=0.0, attention_dropout=0.0))
-    args = {"num_samples": NUM_SAMPLES, "gamma": 0.5} if contrastive == "decomposable" else {}
+    args = {"num_samples": NUM_SAMPLES, "feature_dim": arch.embed_dim} if contrastive == "decomposable" else {}
     torch.manual_seed(0)
     return cls(
         arch=arch, optim=OptimConfig(lr=1e-4, warmup_steps=0), queue_size=16, contrastive=contrastive,
@@ -97,14 +97,14 @@ def nlvr_rank_batch(rank: int, step: int) -> dict[str, torch.Tensor]:
 
 
 def initial_state(contrastive: str) -> dict[str, torch.Tensor]:
-    """The module's starting weights; the decomposable state starts half visited (the EMA path runs)."""
+    """The module's starting weights; the decomposable loss's feature bank starts half filled."""
     module = build_module(contrastive)
     if contrastive == "decomposable":
         g = torch.Generator().manual_seed(1)
         loss = module.contrastive
-        loss.log_avg_i2t.copy_(torch.randn(NUM_SAMPLES, generator=g))
-        loss.log_avg_t2i.copy_(torch.randn(NUM_SAMPLES, generator=g))
-        loss.visited.copy_(torch.arange(NUM_SAMPLES) % 2 == 0)
+        for bank in (loss.bank_image, loss.bank_text):
+            bank.copy_(torch.nn.functional.normalize(torch.randn(bank.shape, generator=g), dim=-1))
+        loss.visits.copy_((torch.arange(NUM_SAMPLES) % 2 == 0).long())
     return module.state_dict()
 
 
@@ -295,7 +295,7 @@ def test_loss_and_gradients_equal_one_process_on_the_combined_batch(ddp_run, cas
         for r in ranks:
             for name, value in state.items():
                 torch.testing.assert_close(r["state"][name], value, rtol=1e-5, atol=1e-6, msg=name)
-        assert int(state["contrastive.visited"].sum()) > NUM_SAMPLES // 2  # this step visited new samples
+        assert int((state["contrastive.visits"] > 0).sum()) > NUM_SAMPLES // 2  # this step visited new samples
 
 
 def test_queue_receives_the_momentum_features_of_both_ranks(ddp_run):

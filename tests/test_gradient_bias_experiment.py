@@ -71,16 +71,19 @@ def module_trajectory(method: Method, images, texts, kappa, theta0, schedule, lr
     if method.kind == "infonce":
         loss = InfoNCELoss()
     else:
-        gamma = 0.0 if method.kind == "oracle" else method.gamma
-        loss = DecomposableLoss(num_samples=num_pairs, gamma=gamma, u_from=method.u_from, positive_weight="dataset").double()
+        loss = DecomposableLoss(
+            num_samples=num_pairs, form=method.form, feature_dim=2,
+            denominator="bank" if method.denominator == "oracle" else method.denominator,
+            gamma=method.gamma, gamma_min=method.gamma_min, gamma_decay_visits=method.gamma_decay_visits,
+            u_from=method.u_from, positive_weight="dataset",
+        ).double()
     theta, out = theta0.clone(), [theta0.clone()]
     for step in range(schedule.shape[0]):
         index = schedule[step]
-        if method.kind == "oracle":  # exact denominators at the current θ, frozen by γ = 0
-            logits = theta * kappa * (images @ texts.T)
-            loss.log_avg_i2t.copy_(torch.logsumexp(logits, 1) - math.log(num_pairs))
-            loss.log_avg_t2i.copy_(torch.logsumexp(logits.T, 1) - math.log(num_pairs))
-            loss.visited.fill_(True)
+        if method.denominator == "oracle" and method.kind != "infonce":  # every pair in the bank from step 0
+            loss.bank_image.copy_(images)
+            loss.bank_text.copy_(texts)
+            loss.visits.clamp_(min=1)
         theta = theta.detach().requires_grad_()
         inputs = ContrastiveInputs(images[index], texts[index], 1.0 / (theta * kappa), sample_index=index)
         (grad,) = torch.autograd.grad(loss(inputs).loss, theta)
@@ -92,9 +95,13 @@ def module_trajectory(method: Method, images, texts, kappa, theta0, schedule, lr
 def test_vectorised_simulator_matches_the_loss_modules_step_for_step():
     methods = (
         Method("infonce", "infonce"),
-        Method("oracle", "oracle"),
-        Method("updated", "decomposable", gamma=0.3, u_from="updated"),
-        Method("previous", "decomposable", gamma=0.3, u_from="previous"),
+        Method("bank", "decomposable"),
+        Method("oracle", "decomposable", denominator="oracle"),
+        Method("running", "decomposable", denominator="running", gamma_decay_visits=3),
+        Method("absolute_previous", "decomposable", form="absolute", denominator="running", gamma=0.3,
+               gamma_min=0.3, gamma_decay_visits=0, u_from="previous"),
+        Method("absolute_updated", "decomposable", form="absolute", denominator="running", gamma=0.3,
+               gamma_min=0.3, gamma_decay_visits=0, u_from="updated"),
     )
     problem = Problem(noise=0.3, num_pairs=16, batch_size=4)
     g = torch.Generator().manual_seed(3)

@@ -38,8 +38,10 @@ def test_overlay_fits_two_steps(overlay, tmp_path, demo_dir):  # noqa: F811
         assert "model.vision_private_proj.weight" in state["state_dict"]
         assert "teacher.model.text_private_proj.weight" in state["state_dict"]
     if "contrastive: decomposable" in text:
-        visited = state["state_dict"]["contrastive.visited"]
-        assert visited.shape == (48,) and int(visited.sum()) == 32  # two batches of 16 distinct pairs
+        visits = state["state_dict"]["contrastive.visits"]
+        assert visits.shape == (48,) and int((visits > 0).sum()) == 32  # two batches of 16 distinct pairs
+        bank = state["state_dict"]["contrastive.bank_text"]
+        assert bank.shape[0] == 48 and torch.allclose(bank[visits > 0].norm(dim=1), torch.ones(32))
 
 
 def test_all_three_regularizers_with_a_second_augmented_view(tmp_path, demo_dir):  # noqa: F811

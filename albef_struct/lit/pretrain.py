@@ -165,11 +165,12 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         return feats
 
     def setup(self, stage: str) -> None:
-        """Size per-sample contrastive state (the decomposable loss) to the training set."""
+        """Size per-sample contrastive state (the decomposable loss: running estimates or a feature
+        bank of ``embed_dim`` columns) to the training set, before any strategy wraps the module."""
         resize = getattr(self.contrastive, "resize", None)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if stage == "fit" and resize is not None and datamodule is not None:
-            resize(len(datamodule.train_dataset))
+            resize(len(datamodule.train_dataset), feature_dim=self.model.config.embed_dim)
 
     def mlm(
         self, ids: torch.Tensor, mask: torch.Tensor, image: Encoded, image_m: Encoded, alpha: float

@@ -1,34 +1,46 @@
-"""A decomposable contrastive loss with per-sample running denominators, for small batches.
+"""A decomposable contrastive loss for small batches: per-anchor dataset denominators.
 
-INFERRED reconstruction (LOSSES_REFERENCE.md §2.4; SogCLR §3): for anchor ``i`` the
-generalized loss is ``ℓ_i = −s_ii/τ + log A_i`` with ``A_i`` the mean of
-``exp(s_ij/τ)`` over **all** candidates ``j`` of the dataset. Since
-``1/A = ∫₀^∞ exp(−uA) du``, an auxiliary ``u_i`` with ``E[u_i] = 1/A_i`` turns
-``log A_i`` into the linear (decomposable) term ``u_i·A_i``, estimated without bias
-from a minibatch. ``A_i`` itself is tracked across steps in a per-sample buffer.
+For anchor ``i`` (image→text; text→image is symmetric) the full-data loss is
+``ℓ_i = log g_i`` with ``g_i = Σ_j w_j·exp((s_ij − s_ii)/τ)`` over **all** ``N`` pairs
+of the dataset (``w = 1/N`` each: mean-normalised InfoNCE, ``−s_ii/τ + log A_i``). The
+log of a sum cannot be estimated without bias from a minibatch; the decomposition
+(``log x ≤ x/u + log u − 1``, tight at ``u = x``) replaces it by the linear term
+``ĝ_i/u_i`` with ``u_i`` a detached estimate of ``g_i`` and ``ĝ_i`` the minibatch
+estimate of ``g_i``. Its gradient ``∇ĝ_i/u_i`` is unbiased for ``∇ℓ_i`` when
+``u_i = g_i``. ``docs/decomposable_loss.md`` has the derivation and the measurements.
 
-Per step, for each direction (image→text, text→image), with ``Â_i`` the minibatch
-estimate of ``A_i`` (detached for the update):
+Two choices decide whether this works in training (both measured, see the docs):
 
-* state: ``Ā_i ← Â_i`` on a sample's first visit, else ``Ā_i ← (1−γ)Ā_i + γÂ_i``;
-* E-step: ``u_i = 1/Ā_i`` (``u_mode="mean"``) or ``u_i ~ Gamma(k, rate k·Ā_i)``
-  (``"sample"``, mean ``1/Ā_i``; ``k = gamma_shape``, ``k = 1`` is Exponential), from
-  the state after this step's update (``u_from="updated"``, SogCLR's order) or before
-  it (``"previous"``: ``u_i`` independent of this batch; a first visit uses ``Â_i``);
-* M-step surrogate: ``−s_ii/τ + u_i·Â_i`` with ``u_i`` detached, whose gradient
-  ``−∇s_ii/τ + ∇Â_i/Ā_i`` is unbiased for ``∇ℓ_i`` when ``Ā_i = A_i`` and the
-  candidates are drawn like the dataset. In practice ``Ā_i`` is a noisy, lagged
-  estimate: ``"updated"`` correlates ``u_i`` with this batch's ``Â_i`` (weight ``γ``;
-  ``γ = 1`` with ``positive_weight="batch"`` is exactly in-batch InfoNCE), and
-  ``E[1/Ā] > 1/A`` (Jensen) unless ``Ā`` averages many visits (small ``γ``), at the
-  price of a lag. ``experiments/gradient_bias.py`` measures these effects at batch 8:
-  there the defaults (γ = 0.9, ``"updated"``) are biased or diverge; ``"previous"``
-  with γ = 0.1 matches the exact-denominator result under heavy label noise but is
-  still biased where the loss is flat.
+* ``form``: ``"relative"`` (default) stores and divides the denominator *relative to
+  the positive*, ``ĝ_i/u_i``, so a wrong ``u_i`` only rescales anchor ``i``'s whole
+  step (pull and push together). ``"absolute"`` is the earlier surrogate
+  ``−s_ii/τ + Â_i/Ā_i`` with ``A_i = g_i·exp(s_ii/τ)``: a stale ``Ā_i`` scales only the
+  push, and when the denominators fall during training the pull wins: collapse.
+* ``denominator``: where ``u_i`` comes from.
+  ``"bank"`` (default): a dataset feature bank (one detached embedding per training
+  pair and modality, overwritten whenever the pair is in a batch) gives
+  ``u_i = Σ_j w_j exp((q_i·bank_j − s_ii)/τ)`` over the whole bank, with the live
+  anchor and the *current* temperature every step: exact up to the staleness of
+  the other pairs' embeddings; ``N × D`` memory per modality and a ``B × N``
+  product per step (fine up to about a million pairs). Unvisited entries are left
+  out of the mean until they are first seen.
+  ``"running"``: one scalar per pair and direction, ``u ← (1−γ)u + γĝ`` (SogCLR,
+  FastCLIP), for datasets too large for a bank. ``γ = 1`` on a pair's first visit,
+  then a cosine from ``gamma`` down to ``gamma_min`` over ``gamma_decay_visits``
+  visits (FastCLIP's schedule, counted per pair). ``u_from="updated"`` folds this
+  batch's estimate in before use (SogCLR/FastCLIP order); ``"previous"`` uses the
+  state before it. Stored values are computed at the temperature of the step that
+  stored them, so they go stale when a learnable ``τ`` moves.
 
-The returned ``loss`` is the surrogate: its value is near ``1 − s_ii/τ`` and is not
-comparable to InfoNCE. ``logs`` carry the generalized-loss estimate
-``−s_ii/τ + log Ā_i`` per direction. State is kept as ``log Ā`` (stable for small τ).
+``positive_weight`` sets the positive's weight in ``g``: ``"dataset"`` (``1/N``: the
+full-data loss above) or ``"batch"`` (``1/G`` for ``G`` candidates: with
+``denominator="running"``, ``gamma=1`` and ``u_from="updated"`` the gradient is
+exactly in-batch InfoNCE's). ``u_mode="sample"`` draws ``u⁻¹·Gamma(k, 1)/k`` instead
+of using the mean (the stochastic E-step; ``k = gamma_shape``).
+
+The returned ``loss`` is the surrogate (near 1 for the relative form) and is not
+comparable to InfoNCE; ``logs`` carry the full-data loss estimate ``log u_i`` per
+direction (``itc_generalized``) and the mean ratio ``ĝ_i/u_i`` (``itc_ratio``).
 """
 
 from __future__ import annotations
@@ -38,28 +50,26 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-from torch import nn
 
 from albef_struct.losses.contrastive import ContrastiveInputs, ContrastiveLoss, ContrastiveOutput
 from albef_struct.losses.infonce import candidate_similarities
 
 PositiveWeight = Literal["batch", "dataset"]
+Form = Literal["relative", "absolute"]
+Denominator = Literal["bank", "running"]
+_STATE = ("state_i2t", "state_t2i", "visits", "bank_image", "bank_text")
 
 
 def log_minibatch_denominator(
     logits: torch.Tensor, positive_index: torch.Tensor, positive_weight: PositiveWeight, num_samples: int
 ) -> torch.Tensor:
-    """``log Â_i`` for logits ``[..., B, G]`` (anchors × candidates) → ``[..., B]``.
+    """``log Σ_j w_j exp(logit_ij)`` over ``G`` candidates, logits ``[B, G]`` → ``[B]``.
 
-    ``"batch"``: ``Â_i = mean_j exp(logit_ij)`` over the ``G`` candidates, the positive
-    included with weight ``1/G``. It is unbiased for the dataset mean only when the
-    candidates are drawn independently of the anchor; with the positive always in the
-    batch it targets ``A_i`` with positive weight ``1/G`` (the §2.4 generalized loss
-    with ``λ = G − 1`` negatives).
-    ``"dataset"``: positive weight ``1/N`` (``N = num_samples``), the other ``G − 1``
-    candidates share ``1 − 1/N``; unbiased for ``A_i`` = mean over all ``N`` dataset
-    candidates when the other candidates are uniform draws from the rest of the dataset
-    (any shuffled sampler).
+    ``"batch"``: ``w = 1/G`` for every candidate. ``"dataset"``: the positive gets
+    ``1/N`` (``N = num_samples``) and the other ``G − 1`` candidates share ``1 − 1/N``,
+    so the result is unbiased for the mean over all ``N`` dataset candidates when the
+    other candidates are uniform draws from the rest of the dataset (a shuffled sampler).
+    Pass logits relative to the positive to get ``log ĝ``, absolute ones to get ``log Â``.
     """
     candidates = logits.shape[-1]
     if positive_weight == "batch":
@@ -74,113 +84,209 @@ def log_minibatch_denominator(
     return torch.logsumexp(logits + log_weights, dim=-1)
 
 
+def log_bank_denominator(
+    anchor: torch.Tensor,
+    positive_logit: torch.Tensor,
+    bank: torch.Tensor,
+    in_bank: torch.Tensor,
+    own_index: torch.Tensor,
+    temp: torch.Tensor,
+    log_positive_weight: float,
+) -> torch.Tensor:
+    """``log g_i`` of anchors against a feature bank, relative to the positive.
+
+    ``g_i = w₊ + (1 − w₊)·mean_{j ∈ bank, j ≠ own_i} exp(anchor_i·bank_j/τ − positive_logit_i)``
+    with ``w₊ = exp(log_positive_weight)``; entries whose ``in_bank`` is False are left
+    out, and an anchor with no other entry gets ``w₊`` alone. Shapes: anchors
+    ``[..., B, D]``, bank ``[..., N, D]``, ``in_bank`` ``[..., N]``, ``own_index`` and
+    ``positive_logit`` ``[..., B]``, ``temp`` broadcastable to ``[..., B, N]``. Returns
+    ``[..., B]``; call it without gradients.
+    """
+    relative = (anchor @ bank.transpose(-1, -2).to(anchor.dtype)) / temp - positive_logit[..., None]
+    usable = in_bank[..., None, :].expand_as(relative).clone()
+    usable.scatter_(-1, own_index[..., None], False)
+    count = usable.sum(dim=-1).to(relative.dtype)
+    log_mean = torch.logsumexp(relative.masked_fill(~usable, float("-inf")), dim=-1) - count.clamp(min=1).log()
+    log_mean = torch.where(count > 0, log_mean, torch.full_like(log_mean, float("-inf")))
+    negatives = log_mean + math.log1p(-math.exp(log_positive_weight))
+    return torch.logaddexp(torch.full_like(negatives, log_positive_weight), negatives)
+
+
 def ema_log_update(
     log_old: torch.Tensor, log_new: torch.Tensor, gamma: float | torch.Tensor, visited: torch.Tensor
 ) -> torch.Tensor:
-    """``log((1−γ)·Ā + γ·Â)`` where ``visited``, else ``log Â`` (all in log space; ``γ`` may be a tensor)."""
-    if isinstance(gamma, torch.Tensor):
-        blended = torch.logaddexp(log_old + torch.log1p(-gamma), log_new + torch.log(gamma))
-    elif gamma >= 1.0:
-        blended = log_new
-    elif gamma <= 0.0:
-        blended = log_old
-    else:
-        blended = torch.logaddexp(log_old + math.log1p(-gamma), log_new + math.log(gamma))
+    """``log((1−γ)·exp(log_old) + γ·exp(log_new))`` where ``visited``, else ``log_new``; ``γ`` may be a tensor."""
+    gamma = torch.as_tensor(gamma, dtype=log_old.dtype, device=log_old.device)
+    keep = torch.log1p(-gamma.clamp(max=1.0))  # -inf at γ = 1
+    blended = torch.logaddexp(log_old + keep, log_new + torch.log(gamma))
+    blended = torch.where(gamma >= 1.0, log_new, blended)
     return torch.where(visited, blended, log_new)
 
 
-def decomposable_terms(
-    positive_logit: torch.Tensor, log_hat: torch.Tensor, log_avg: torch.Tensor, u_factor: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-anchor ``(surrogate, generalized-loss estimate)``.
+def cosine_gamma(
+    visits: torch.Tensor, gamma: float | torch.Tensor, gamma_min: float | torch.Tensor, decay_visits: int | torch.Tensor
+) -> torch.Tensor:
+    """The running estimate's rate for a pair seen ``visits`` times before: 1 on the first
+    visit, then a cosine from ``gamma`` to ``gamma_min`` over ``decay_visits`` visits
+    (``gamma_min`` throughout when ``decay_visits`` is 0). Arguments broadcast."""
+    visits = visits.double()
+    gamma, gamma_min, decay = (torch.as_tensor(v, dtype=torch.float64, device=visits.device)
+                               for v in (gamma, gamma_min, decay_visits))
+    progress = torch.minimum((visits - 1).clamp(min=0), decay) / decay.clamp(min=1)
+    progress = torch.where(decay > 0, progress, torch.ones_like(progress))
+    rate = gamma_min + (gamma - gamma_min) * 0.5 * (1 + torch.cos(math.pi * progress))
+    return torch.where(visits == 0, torch.ones_like(rate), rate)
 
-    ``surrogate = −s_ii/τ + u·Â`` with ``u = u_factor/Ā`` (``u_factor = 1`` when None:
-    the mean E-step); ``generalized = −s_ii/τ + log Ā`` (detached).
+
+def decomposable_terms(
+    positive_logit: torch.Tensor,
+    log_hat: torch.Tensor,
+    log_used: torch.Tensor,
+    form: Form = "relative",
+    u_factor: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-anchor ``(surrogate, full-data loss estimate)``.
+
+    ``log_hat`` and ``log_used`` are ``log ĝ`` and ``log u`` in the form's coordinates
+    (relative: ``log g``; absolute: ``log A = log g + s_ii/τ``). Relative surrogate
+    ``ĝ/u``; absolute ``−s_ii/τ + Â/Ā``; ``u_factor`` (detached) multiplies ``1/u``.
     """
-    log_avg = log_avg.detach().to(log_hat.dtype)
-    weighted = torch.exp(log_hat - log_avg)
+    log_used = log_used.detach().to(log_hat.dtype)
+    weighted = torch.exp(log_hat - log_used)
     if u_factor is not None:
         weighted = u_factor.detach() * weighted
-    return -positive_logit + weighted, (-positive_logit + log_avg).detach()
+    if form == "relative":
+        return weighted, log_used
+    return -positive_logit + weighted, (log_used - positive_logit).detach()
 
 
 class DecomposableLoss(ContrastiveLoss):
-    """Symmetric decomposable contrastive loss with per-sample running denominators.
+    """Symmetric decomposable contrastive loss; see the module docstring for each option.
 
     Args:
-        num_samples: dataset size (buffer length); 0 until :meth:`resize` is called.
-        gamma: EMA rate ``γ`` of the running denominators; ``γ = 1`` reproduces in-batch
-            InfoNCE's gradient exactly. SogCLR uses 0.9 with ``u_from="updated"``, which the
-            synthetic gradient-bias experiment (experiments/gradient_bias.py) measured to be
-            biased at batch 8; the defaults (0.1, "previous", "dataset") were the variant
-            that reached the optimum there.
-        u_mode: ``"mean"`` (``u = 1/Ā``) or ``"sample"`` (``u ~ Gamma(k, k·Ā)``).
+        num_samples: dataset size (state length); 0 until :meth:`resize` is called.
+        form: ``"relative"`` or ``"absolute"`` surrogate.
+        denominator: ``"bank"`` (feature bank, exact dataset denominators) or ``"running"``.
+        gamma, gamma_min, gamma_decay_visits: the running estimate's rate schedule.
+        u_from: ``"updated"`` or ``"previous"`` running state for ``u``.
+        u_mode: ``"mean"`` or ``"sample"`` (Gamma-distributed ``u``).
         gamma_shape: ``k`` of the Gamma draw.
-        positive_weight: how ``Â`` weights the positive, see :func:`log_minibatch_denominator`.
-        u_from: ``"updated"`` (SogCLR) or ``"previous"`` state for ``u``, see the module docstring.
+        positive_weight: the positive's weight in the denominator.
+        feature_dim: embedding size of the bank (:meth:`resize` can set it).
         generator: random source of the Gamma draws (the global RNG when None).
 
-    Needs ``inputs.sample_index`` (stable dataset indices). Under DDP, pass
-    ``inputs.gather``: the ``(index, Â)`` of every rank are gathered so each rank
-    applies the same update. The buffers are identical on all ranks by construction,
-    so DDP's ``broadcast_buffers`` (a rank-0 broadcast every step) is not needed for them.
+    Needs ``inputs.sample_index`` (stable dataset indices). Under DDP pass
+    ``inputs.gather``: every rank's indices, estimates and bank rows are gathered so
+    each rank applies the same update and the state stays identical across ranks.
     """
 
     def __init__(
         self,
         num_samples: int = 0,
-        gamma: float = 0.1,
+        form: Form = "relative",
+        denominator: Denominator = "bank",
+        gamma: float = 1.0,
+        gamma_min: float = 0.2,
+        gamma_decay_visits: int = 10,
+        u_from: Literal["updated", "previous"] = "updated",
         u_mode: Literal["mean", "sample"] = "mean",
         gamma_shape: float = 1.0,
         positive_weight: PositiveWeight = "dataset",
-        u_from: Literal["updated", "previous"] = "previous",
+        feature_dim: int = 0,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        if not 0.0 <= gamma <= 1.0:
-            raise ValueError(f"gamma must be in [0, 1], got {gamma}")
-        if u_mode not in ("mean", "sample"):
-            raise ValueError(f"u_mode must be 'mean' or 'sample', got {u_mode!r}")
-        if positive_weight not in ("batch", "dataset"):
-            raise ValueError(f"positive_weight must be 'batch' or 'dataset', got {positive_weight!r}")
-        if u_from not in ("updated", "previous"):
-            raise ValueError(f"u_from must be 'updated' or 'previous', got {u_from!r}")
-        if gamma_shape <= 0:
-            raise ValueError(f"gamma_shape must be positive, got {gamma_shape}")
-        self.gamma, self.u_mode, self.gamma_shape = gamma, u_mode, gamma_shape
+        _check_choice("form", form, ("relative", "absolute"))
+        _check_choice("denominator", denominator, ("bank", "running"))
+        _check_choice("u_from", u_from, ("updated", "previous"))
+        _check_choice("u_mode", u_mode, ("mean", "sample"))
+        _check_choice("positive_weight", positive_weight, ("batch", "dataset"))
+        if not (0.0 < gamma_min <= 1.0 and 0.0 < gamma <= 1.0):
+            raise ValueError(f"gamma and gamma_min must be in (0, 1], got {gamma} and {gamma_min}")
+        if gamma_decay_visits < 0 or gamma_shape <= 0 or feature_dim < 0:
+            raise ValueError("gamma_decay_visits and feature_dim must be >= 0 and gamma_shape > 0")
+        self.form: Form = form
+        self.denominator: Denominator = denominator
+        self.gamma, self.gamma_min, self.gamma_decay_visits = gamma, gamma_min, gamma_decay_visits
+        self.u_from, self.u_mode, self.gamma_shape = u_from, u_mode, gamma_shape
         self.positive_weight: PositiveWeight = positive_weight
-        self.u_from = u_from
         self.generator = generator
-        self.register_buffer("log_avg_i2t", torch.zeros(num_samples))
-        self.register_buffer("log_avg_t2i", torch.zeros(num_samples))
-        self.register_buffer("visited", torch.zeros(num_samples, dtype=torch.bool))
+        for name in ("state_i2t", "state_t2i"):
+            self.register_buffer(name, torch.zeros(0))
+        self.register_buffer("visits", torch.zeros(0, dtype=torch.long))
+        for name in ("bank_image", "bank_text"):
+            self.register_buffer(name, torch.zeros(0, 0))
+        self.resize(num_samples, feature_dim)
 
     @property
     def num_samples(self) -> int:
-        return self.visited.shape[0]
+        return self.visits.shape[0]
 
-    def running_denominators(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(Ā image→text, Ā text→image)``, each ``[num_samples]`` (unvisited entries are meaningless)."""
-        return self.log_avg_i2t.exp(), self.log_avg_t2i.exp()
-
-    def resize(self, num_samples: int) -> None:
-        """Size the state to the dataset; entries below ``min(old, new)`` are kept, the rest start unvisited."""
+    def resize(self, num_samples: int, feature_dim: int | None = None) -> None:
+        """Size the state to the dataset (and the bank to ``feature_dim``); rows below
+        ``min(old, new)`` are kept, the rest start unvisited."""
         if num_samples < 0:
             raise ValueError(f"num_samples must be >= 0, got {num_samples}")
-        keep = min(self.num_samples, num_samples)
-        for name in ("log_avg_i2t", "log_avg_t2i", "visited"):
-            old = getattr(self, name)
-            new = torch.zeros(num_samples, dtype=old.dtype, device=old.device)
+        dim = self.bank_image.shape[1] if feature_dim is None else feature_dim
+        running = self.denominator == "running"
+        shapes = {"state_i2t": (num_samples if running else 0,), "state_t2i": (num_samples if running else 0,),
+                  "visits": (num_samples,)}
+        shapes["bank_image"] = shapes["bank_text"] = (0 if running else num_samples, dim)
+        for name, shape in shapes.items():
+            self._reshape_buffer(name, shape)
+
+    def _reshape_buffer(self, name: str, shape: tuple[int, ...]) -> None:
+        old = getattr(self, name)
+        if tuple(old.shape) == shape:
+            return
+        new = torch.zeros(shape, dtype=old.dtype, device=old.device)
+        if old.ndim == len(shape) and (len(shape) == 1 or old.shape[1] == shape[1]):
+            keep = min(old.shape[0], shape[0])
             new[:keep] = old[:keep]
-            setattr(self, name, new)
+        setattr(self, name, new)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        saved = state_dict.get(prefix + "visited")
-        if saved is not None and saved.shape[0] != self.num_samples:
-            self.resize(saved.shape[0])
+        if prefix + "log_avg_i2t" in state_dict:
+            raise ValueError(
+                f"{prefix}log_avg_i2t: this checkpoint holds the decomposable loss's earlier state (absolute running "
+                "averages), which this version no longer reads; start the loss's state afresh by loading the weights "
+                "with init_from instead of resuming"
+            )
+        for name in _STATE:  # take the saved sizes (dataset length, bank width)
+            saved = state_dict.get(prefix + name)
+            if saved is not None and saved.shape != getattr(self, name).shape:
+                setattr(self, name, torch.zeros_like(saved, device=getattr(self, name).device))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def forward(self, inputs: ContrastiveInputs) -> ContrastiveOutput:
+        index = self._checked_index(inputs)
+        sim_i2t, sim_t2i, positive = candidate_similarities(inputs)
+        logits = {"i2t": sim_i2t / inputs.temp, "t2i": sim_t2i / inputs.temp}
+        positive_logit = logits["i2t"].gather(1, positive[:, None]).squeeze(1)
+        shift = positive_logit if self.form == "absolute" else torch.zeros_like(positive_logit)
+        log_hat = {
+            d: log_minibatch_denominator(l - positive_logit[:, None], positive, self.positive_weight, self.num_samples)
+            + shift
+            for d, l in logits.items()
+        }
+        with torch.no_grad():
+            if self.denominator == "bank":
+                log_used = self._bank_denominators(inputs, index, positive_logit.detach(), shift.detach())
+            else:
+                log_used = self._running_denominators(index, {d: v.detach() for d, v in log_hat.items()}, inputs.gather)
+        terms = {d: decomposable_terms(positive_logit, log_hat[d], log_used[d], self.form, self.u_factor(log_hat[d]))
+                 for d in logits}
+        estimate = {d: terms[d][1].mean() for d in terms}
+        ratio = torch.stack([torch.exp(log_hat[d].detach() - log_used[d]) for d in terms]).mean()
+        return ContrastiveOutput(
+            loss=(terms["i2t"][0].mean() + terms["t2i"][0].mean()) / 2,
+            sim_i2t=logits["i2t"][:, positive],
+            sim_t2i=logits["t2i"][:, positive],
+            logs={"itc_i2t": estimate["i2t"], "itc_t2i": estimate["t2i"],
+                  "itc_generalized": (estimate["i2t"] + estimate["t2i"]) / 2, "itc_ratio": ratio},
+        )
+
+    def _checked_index(self, inputs: ContrastiveInputs) -> torch.Tensor:
         if inputs.sample_index is None:
             raise ValueError(
                 "the decomposable loss needs ContrastiveInputs.sample_index: the DataModule must provide a "
@@ -188,39 +294,51 @@ class DecomposableLoss(ContrastiveLoss):
             )
         if self.num_samples == 0:
             raise ValueError("DecomposableLoss has no state: call resize(len(train_dataset)) before training")
-        sim_i2t, sim_t2i, positive = candidate_similarities(inputs)
-        logits_i2t, logits_t2i = sim_i2t / inputs.temp, sim_t2i / inputs.temp
-        log_hat_i2t = log_minibatch_denominator(logits_i2t, positive, self.positive_weight, self.num_samples)
-        log_hat_t2i = log_minibatch_denominator(logits_t2i, positive, self.positive_weight, self.num_samples)
-        index = inputs.sample_index.to(self.visited.device).long()
-        previous = (self.visited[index], self.log_avg_i2t[index], self.log_avg_t2i[index])  # copies
-        self.update(index, log_hat_i2t.detach(), log_hat_t2i.detach(), inputs.gather)
-        used = [self.log_avg_i2t[index], self.log_avg_t2i[index]]
-        if self.u_from == "previous":
-            used = [torch.where(previous[0], old, new) for old, new in zip(previous[1:], used)]
+        index = inputs.sample_index.to(self.visits.device).long()
+        if index.min() < 0 or index.max() >= self.num_samples:
+            raise ValueError(f"sample_index out of range [0, {self.num_samples}): the loss was sized for another "
+                             "dataset; resize it to len(train_dataset)")
+        return index
 
-        terms = {}
-        for direction, logits, log_hat, log_avg in (
-            ("i2t", logits_i2t, log_hat_i2t, used[0]),
-            ("t2i", logits_t2i, log_hat_t2i, used[1]),
-        ):
-            positive_logit = logits.gather(1, positive[:, None]).squeeze(1)
-            terms[direction] = decomposable_terms(positive_logit, log_hat, log_avg, self.u_factor(log_hat))
-        surrogate = (terms["i2t"][0].mean() + terms["t2i"][0].mean()) / 2
-        generalized_i2t, generalized_t2i = terms["i2t"][1].mean(), terms["t2i"][1].mean()
-        return ContrastiveOutput(
-            loss=surrogate,
-            sim_i2t=logits_i2t[:, positive],
-            sim_t2i=logits_t2i[:, positive],
-            logs={
-                "itc_i2t": generalized_i2t,
-                "itc_t2i": generalized_t2i,
-                "itc_generalized": (generalized_i2t + generalized_t2i) / 2,
-            },
-        )
+    def _bank_denominators(
+        self, inputs: ContrastiveInputs, index: torch.Tensor, positive_logit: torch.Tensor, shift: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Write this (global) batch into the bank, then ``log u`` of each local anchor over the whole bank."""
+        image, text = inputs.image_feat.detach(), inputs.text_feat.detach()
+        if self.bank_image.shape[1] != image.shape[1]:
+            if self.visits.any():
+                raise ValueError(f"the feature bank holds {self.bank_image.shape[1]}-d embeddings, the model "
+                                 f"gives {image.shape[1]}-d ones")
+            self.resize(self.num_samples, image.shape[1])
+        rows, ranks_image, ranks_text = index, image, text
+        if inputs.gather is not None:
+            rows = _gathered(inputs.gather, index)
+            ranks_image, ranks_text = _gathered(inputs.gather, image), _gathered(inputs.gather, text)
+        self.bank_image[rows] = ranks_image.to(self.bank_image.dtype)
+        self.bank_text[rows] = ranks_text.to(self.bank_text.dtype)
+        self.visits[rows] += 1
+        in_bank = self.visits > 0
+        log_w = -math.log(self.num_samples) if self.positive_weight == "dataset" else -math.log(
+            inputs.candidates()[0].shape[0])
+        return {
+            "i2t": log_bank_denominator(image, positive_logit, self.bank_text, in_bank, index, inputs.temp, log_w) + shift,
+            "t2i": log_bank_denominator(text, positive_logit, self.bank_image, in_bank, index, inputs.temp, log_w) + shift,
+        }
+
+    def _running_denominators(
+        self, index: torch.Tensor, log_hat: dict[str, torch.Tensor], gather: Callable[[torch.Tensor], torch.Tensor] | None
+    ) -> dict[str, torch.Tensor]:
+        """Fold this (global) batch's estimates into the running state; the ``log u`` of each local anchor."""
+        previous = {"i2t": self.state_i2t[index].clone(), "t2i": self.state_t2i[index].clone()}
+        seen = self.visits[index] > 0
+        self.update(index, log_hat["i2t"], log_hat["t2i"], gather)
+        used = {"i2t": self.state_i2t[index], "t2i": self.state_t2i[index]}
+        if self.u_from == "previous":
+            used = {d: torch.where(seen, previous[d], used[d]) for d in used}
+        return used
 
     def u_factor(self, like: torch.Tensor) -> torch.Tensor | None:
-        """``u·Ā``: None for the mean E-step, else ``Gamma(k, 1)/k`` draws shaped like ``like``."""
+        """``u·(1/u)``-scale draws: None for the mean E-step, else ``Gamma(k, 1)/k`` shaped like ``like``."""
         if self.u_mode == "mean":
             return None
         device = self.generator.device if self.generator is not None else like.device
@@ -236,7 +354,7 @@ class DecomposableLoss(ContrastiveLoss):
         log_hat_t2i: torch.Tensor,
         gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
-        """Fold minibatch estimates into the running denominators (all ranks' when ``gather`` is given).
+        """Fold minibatch estimates into the running state (all ranks' when ``gather`` is given).
 
         An index seen twice in one (global) batch is updated once, from its first occurrence.
         """
@@ -244,11 +362,17 @@ class DecomposableLoss(ContrastiveLoss):
         if gather is not None:
             index, log_hats = _gathered(gather, index), _gathered(gather, log_hats)
         index, first = _first_occurrences(index)
-        log_hats = log_hats[first].to(self.log_avg_i2t.dtype)
-        seen = self.visited[index]
-        for column, state in enumerate((self.log_avg_i2t, self.log_avg_t2i)):
-            state[index] = ema_log_update(state[index], log_hats[:, column], self.gamma, seen)
-        self.visited[index] = True
+        log_hats = log_hats[first].to(self.state_i2t.dtype)
+        visits = self.visits[index]
+        rate = cosine_gamma(visits, self.gamma, self.gamma_min, self.gamma_decay_visits).to(self.state_i2t.dtype)
+        for column, state in enumerate((self.state_i2t, self.state_t2i)):
+            state[index] = ema_log_update(state[index], log_hats[:, column], rate, visits > 0)
+        self.visits[index] = visits + 1
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
 def _gathered(gather: Callable[[torch.Tensor], torch.Tensor], tensor: torch.Tensor) -> torch.Tensor:
