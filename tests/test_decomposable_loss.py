@@ -343,3 +343,62 @@ def test_two_rank_update_is_identical_on_both_ranks_and_equals_one_process(denom
     averaged = (outputs[0].loss + outputs[1].loss) / 2
     torch.testing.assert_close(averaged, reference.loss)
     torch.testing.assert_close(grads(averaged, images, texts), grads(reference.loss, images, texts))
+
+
+# --- what it is for: a small batch on a noisy problem ---------------------------------------------
+def noisy_pairs(num_pairs: int = 256, dim: int = 8, mismatched: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paired features: text = a fixed linear map of the image + noise; a ``mismatched`` share of the
+    pairs gets an unrelated text (label noise, the case where in-batch InfoNCE's optimum moves)."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(num_pairs, dim, generator=g)
+    texts = images @ torch.randn(dim, dim, generator=g) / math.sqrt(dim) + 0.3 * torch.randn(num_pairs, dim, generator=g)
+    bad = torch.rand(num_pairs, generator=g) < mismatched
+    texts[bad] = torch.randn(int(bad.sum()), dim, generator=g)
+    return images, texts
+
+
+def train_linear_heads(loss: nn.Module, images: torch.Tensor, texts: torch.Tensor, batch: int, epochs: int,
+                       seed: int = 0) -> tuple[float, float]:
+    """Adam on two linear heads and a learnable temperature (cosine schedule, shuffled batches);
+    returns the full-data symmetric InfoNCE and the mean R@1 (all pairs as candidates) at the end."""
+    n, dim = images.shape
+    torch.manual_seed(seed)
+    image_head, text_head = nn.Linear(dim, dim), nn.Linear(dim, dim)
+    log_temp = nn.Parameter(torch.tensor(math.log(0.1)))
+    params = [*image_head.parameters(), *text_head.parameters(), log_temp]
+    steps = epochs * (n // batch)
+    optimizer = torch.optim.Adam(params, lr=1e-2)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
+    if hasattr(loss, "resize"):
+        loss.resize(n, feature_dim=dim)
+    order = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=order)
+        for k in range(n // batch):
+            index = perm[k * batch:(k + 1) * batch]
+            inputs = ContrastiveInputs(F.normalize(image_head(images[index]), dim=-1),
+                                       F.normalize(text_head(texts[index]), dim=-1), log_temp.exp(), sample_index=index)
+            optimizer.zero_grad()
+            loss(inputs).loss.backward()
+            optimizer.step()
+            schedule.step()
+    with torch.no_grad():
+        logits = F.normalize(image_head(images), dim=-1) @ F.normalize(text_head(texts), dim=-1).T / log_temp.exp()
+        target = torch.arange(n)
+        full = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        r1 = ((logits.argmax(1) == target).float().mean() + (logits.argmax(0) == target).float().mean()) / 2
+    return full.item(), r1.item()
+
+
+def test_default_decomposable_at_batch_8_reaches_a_lower_full_data_loss_than_infonce_at_8_and_32():
+    """Equal epochs (40) on 256 noisy pairs: in-batch InfoNCE at batch 8 settles where its own
+    8-candidate loss is lowest; the decomposable loss (defaults) at batch 8 gets closer to the
+    full-data optimum, closer even than InfoNCE at batch 32. Measured (seed 0): full-data loss
+    3.964 (InfoNCE@8), 3.924 (InfoNCE@32), 3.737 (decomposable@8); R@1 34.8 / 37.5 / 48.8 %."""
+    images, texts = noisy_pairs()
+    infonce_8 = train_linear_heads(InfoNCELoss(), images, texts, batch=8, epochs=40)
+    infonce_32 = train_linear_heads(InfoNCELoss(), images, texts, batch=32, epochs=40)
+    decomposable_8 = train_linear_heads(DecomposableLoss(), images, texts, batch=8, epochs=40)
+    assert decomposable_8[0] < infonce_8[0] - 0.1 and decomposable_8[0] < infonce_32[0] - 0.1
+    assert decomposable_8[1] > infonce_8[1] + 0.05
+    assert infonce_8[0] == pytest.approx(3.964, abs=0.02) and decomposable_8[0] == pytest.approx(3.737, abs=0.02)
