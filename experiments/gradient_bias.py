@@ -243,21 +243,23 @@ class Method:
     gamma_decay_visits: int = 10
     u_from: Literal["updated", "previous"] = "updated"
     u_mode: Literal["mean", "sample"] = "mean"
+    calibrate: Literal["none", "batch"] = "batch"
 
 
 METHODS = (
     Method("infonce", "infonce"),
     Method("decomposable", "decomposable"),  # DecomposableLoss defaults: relative form, feature bank
     Method("decomposable_oracle", "decomposable", denominator="oracle"),
+    Method("decomposable_uncalibrated", "decomposable", calibrate="none"),  # u's own scale kept (unbiased if exact)
     Method("decomposable_sampled", "decomposable", u_mode="sample"),
     # FastCLIP's running estimate: relative, γ = 1 on the first visit, cosine to 0.2 over 10 visits
     Method("decomposable_running", "decomposable", denominator="running"),
     # the earlier defaults: absolute surrogate, running estimate at γ = 0.1, u from before the update
     Method("decomposable_absolute", "decomposable", form="absolute", denominator="running", gamma=0.1,
-           gamma_min=0.1, gamma_decay_visits=0, u_from="previous"),
+           gamma_min=0.1, gamma_decay_visits=0, u_from="previous", calibrate="none"),
     # SogCLR's rate and order with the absolute surrogate
     Method("decomposable_sogclr", "decomposable", form="absolute", denominator="running", gamma=0.9,
-           gamma_min=0.9, gamma_decay_visits=0, u_from="updated"),
+           gamma_min=0.9, gamma_decay_visits=0, u_from="updated", calibrate="none"),
 )
 KINDS = ("infonce", "decomposable")
 
@@ -289,6 +291,7 @@ class StackedRuns:
         self.decay = per_row([m.gamma_decay_visits for m in methods], DTYPE)
         self.previous = per_row([m.u_from == "previous" for m in methods], torch.bool)
         self.sample = per_row([m.u_mode == "sample" for m in methods], torch.bool)
+        self.calibrate = per_row([m.calibrate == "batch" for m in methods], torch.bool)
         self.state = [torch.zeros(rows, num_pairs, dtype=DTYPE) for _ in range(2)]
         self.visits = torch.zeros(rows, num_pairs, dtype=torch.long)
 
@@ -321,6 +324,10 @@ class StackedRuns:
                 log_u = log_bank_denominator(anchors[bank], pos, others[bank], in_bank, index[bank], temp,
                                              -math.log(num_pairs))
                 used[direction] = used[direction].index_copy(0, bank, log_u + shift[bank].detach())
+        for direction in range(2):  # calibrated rows: u rescaled so the batch's mean ĝ/u is 1
+            log_used = used[direction]
+            scale = torch.logsumexp(log_hats[direction].detach() - log_used, 1, keepdim=True) - math.log(batch)
+            used[direction] = torch.where(self.calibrate, log_used + scale, log_used)
         draws = torch._standard_gamma(torch.ones(2, self.rows, batch, dtype=DTYPE), generator=generator)
         decomposable = 0.0
         for direction in range(2):

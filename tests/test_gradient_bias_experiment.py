@@ -75,7 +75,7 @@ def module_trajectory(method: Method, images, texts, kappa, theta0, schedule, lr
             num_samples=num_pairs, form=method.form, feature_dim=2,
             denominator="bank" if method.denominator == "oracle" else method.denominator,
             gamma=method.gamma, gamma_min=method.gamma_min, gamma_decay_visits=method.gamma_decay_visits,
-            u_from=method.u_from, positive_weight="dataset",
+            u_from=method.u_from, calibrate=method.calibrate, positive_weight="dataset",
         ).double()
     theta, out = theta0.clone(), [theta0.clone()]
     for step in range(schedule.shape[0]):
@@ -96,10 +96,11 @@ def test_vectorised_simulator_matches_the_loss_modules_step_for_step():
     methods = (
         Method("infonce", "infonce"),
         Method("bank", "decomposable"),
+        Method("uncalibrated", "decomposable", calibrate="none"),
         Method("oracle", "decomposable", denominator="oracle"),
         Method("running", "decomposable", denominator="running", gamma_decay_visits=3),
         Method("absolute_previous", "decomposable", form="absolute", denominator="running", gamma=0.3,
-               gamma_min=0.3, gamma_decay_visits=0, u_from="previous"),
+               gamma_min=0.3, gamma_decay_visits=0, u_from="previous", calibrate="none"),
         Method("absolute_updated", "decomposable", form="absolute", denominator="running", gamma=0.3,
                gamma_min=0.3, gamma_decay_visits=0, u_from="updated"),
     )

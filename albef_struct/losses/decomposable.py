@@ -57,7 +57,7 @@ from albef_struct.losses.infonce import candidate_similarities
 PositiveWeight = Literal["batch", "dataset"]
 Form = Literal["relative", "absolute"]
 Denominator = Literal["bank", "running"]
-_STATE = ("state_i2t", "state_t2i", "visits", "bank_image", "bank_text")
+_STATE = ("state_i2t", "state_t2i", "visits", "bank_image", "bank_text", "written")
 
 
 def log_minibatch_denominator(
@@ -103,11 +103,10 @@ def log_bank_denominator(
     ``[..., B]``; call it without gradients.
     """
     relative = (anchor @ bank.transpose(-1, -2).to(anchor.dtype)) / temp - positive_logit[..., None]
-    usable = in_bank[..., None, :].expand_as(relative).clone()
-    usable.scatter_(-1, own_index[..., None], False)
-    count = usable.sum(dim=-1).to(relative.dtype)
-    log_mean = torch.logsumexp(relative.masked_fill(~usable, float("-inf")), dim=-1) - count.clamp(min=1).log()
-    log_mean = torch.where(count > 0, log_mean, torch.full_like(log_mean, float("-inf")))
+    relative = relative + torch.zeros_like(in_bank, dtype=relative.dtype).masked_fill(~in_bank, float("-inf"))[..., None, :]
+    relative.scatter_(-1, own_index[..., None], float("-inf"))
+    count = in_bank.sum(dim=-1, keepdim=True).to(relative.dtype) - in_bank.gather(-1, own_index).to(relative.dtype)
+    log_mean = torch.logsumexp(relative, dim=-1) - count.clamp(min=1).log()
     negatives = log_mean + math.log1p(-math.exp(log_positive_weight))
     return torch.logaddexp(torch.full_like(negatives, log_positive_weight), negatives)
 
@@ -193,6 +192,8 @@ class DecomposableLoss(ContrastiveLoss):
         gamma_shape: float = 1.0,
         positive_weight: PositiveWeight = "dataset",
         feature_dim: int = 0,
+        bank_max_age: int = 0,
+        calibrate: Literal["none", "batch"] = "batch",
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -203,17 +204,21 @@ class DecomposableLoss(ContrastiveLoss):
         _check_choice("positive_weight", positive_weight, ("batch", "dataset"))
         if not (0.0 < gamma_min <= 1.0 and 0.0 < gamma <= 1.0):
             raise ValueError(f"gamma and gamma_min must be in (0, 1], got {gamma} and {gamma_min}")
-        if gamma_decay_visits < 0 or gamma_shape <= 0 or feature_dim < 0:
-            raise ValueError("gamma_decay_visits and feature_dim must be >= 0 and gamma_shape > 0")
+        if gamma_decay_visits < 0 or gamma_shape <= 0 or feature_dim < 0 or bank_max_age < 0:
+            raise ValueError("gamma_decay_visits, feature_dim and bank_max_age must be >= 0 and gamma_shape > 0")
         self.form: Form = form
         self.denominator: Denominator = denominator
         self.gamma, self.gamma_min, self.gamma_decay_visits = gamma, gamma_min, gamma_decay_visits
         self.u_from, self.u_mode, self.gamma_shape = u_from, u_mode, gamma_shape
         self.positive_weight: PositiveWeight = positive_weight
+        self.bank_max_age = bank_max_age
+        self.calibrate = calibrate
         self.generator = generator
         for name in ("state_i2t", "state_t2i"):
             self.register_buffer(name, torch.zeros(0))
         self.register_buffer("visits", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("written", torch.zeros(0, dtype=torch.long))  # bank: the step each row was written at
+        self.register_buffer("bank_step", torch.zeros((), dtype=torch.long))
         for name in ("bank_image", "bank_text"):
             self.register_buffer(name, torch.zeros(0, 0))
         self.resize(num_samples, feature_dim)
@@ -232,6 +237,7 @@ class DecomposableLoss(ContrastiveLoss):
         shapes = {"state_i2t": (num_samples if running else 0,), "state_t2i": (num_samples if running else 0,),
                   "visits": (num_samples,)}
         shapes["bank_image"] = shapes["bank_text"] = (0 if running else num_samples, dim)
+        shapes["written"] = (0 if running else num_samples,)
         for name, shape in shapes.items():
             self._reshape_buffer(name, shape)
 
@@ -274,16 +280,21 @@ class DecomposableLoss(ContrastiveLoss):
                 log_used = self._bank_denominators(inputs, index, positive_logit.detach(), shift.detach())
             else:
                 log_used = self._running_denominators(index, {d: v.detach() for d, v in log_hat.items()}, inputs.gather)
+        if self.calibrate == "batch":  # keep the anchors' relative weights, drop u's common scale
+            log_used = {d: u + torch.logsumexp(log_hat[d].detach() - u, 0) - math.log(u.shape[0]) for d, u in log_used.items()}
         terms = {d: decomposable_terms(positive_logit, log_hat[d], log_used[d], self.form, self.u_factor(log_hat[d]))
                  for d in logits}
         estimate = {d: terms[d][1].mean() for d in terms}
         ratio = torch.stack([torch.exp(log_hat[d].detach() - log_used[d]) for d in terms]).mean()
+        logs = {"itc_i2t": estimate["i2t"], "itc_t2i": estimate["t2i"],
+                "itc_generalized": (estimate["i2t"] + estimate["t2i"]) / 2, "itc_ratio": ratio}
+        if self.denominator == "bank":
+            logs["itc_bank_cosine"] = self.last_bank_cosine
         return ContrastiveOutput(
             loss=(terms["i2t"][0].mean() + terms["t2i"][0].mean()) / 2,
             sim_i2t=logits["i2t"][:, positive],
             sim_t2i=logits["t2i"][:, positive],
-            logs={"itc_i2t": estimate["i2t"], "itc_t2i": estimate["t2i"],
-                  "itc_generalized": (estimate["i2t"] + estimate["t2i"]) / 2, "itc_ratio": ratio},
+            logs=logs,
         )
 
     def _checked_index(self, inputs: ContrastiveInputs) -> torch.Tensor:
@@ -314,10 +325,17 @@ class DecomposableLoss(ContrastiveLoss):
         if inputs.gather is not None:
             rows = _gathered(inputs.gather, index)
             ranks_image, ranks_text = _gathered(inputs.gather, image), _gathered(inputs.gather, text)
+        revisited = self.visits[index] > 0
+        self.last_bank_cosine = ((self.bank_text[index] * text).sum(-1)[revisited].mean()
+                                 if revisited.any() else torch.ones((), device=text.device))
+        self.bank_step += 1
         self.bank_image[rows] = ranks_image.to(self.bank_image.dtype)
         self.bank_text[rows] = ranks_text.to(self.bank_text.dtype)
         self.visits[rows] += 1
+        self.written[rows] = self.bank_step
         in_bank = self.visits > 0
+        if self.bank_max_age > 0:
+            in_bank &= self.bank_step - self.written < self.bank_max_age
         log_w = -math.log(self.num_samples) if self.positive_weight == "dataset" else -math.log(
             inputs.candidates()[0].shape[0])
         return {
