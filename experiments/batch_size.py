@@ -1,141 +1,215 @@
-"""Batch size vs zero-shot retrieval for in-batch InfoNCE, ALBEF's queued ITC and the decomposable loss.
+"""Batch size vs zero-shot retrieval: the decomposable loss against in-batch InfoNCE, SigLIP and ALBEF's ITC.
 
-    python -m experiments.batch_size --out results/batch_size [--steps 400] [--seeds 1] [--quick]
+    python -m experiments.batch_size --out results/batch_size [--epochs 10] [--seeds 3] [--jobs 2]
+    python -m experiments.batch_size --quick --out DIR      # same code path, 2 seeds x 2 epochs, < 10 min
 
-The claim tested (the NeurIPS 2022 paper, via the seed article): at a fixed number of
-steps, the decomposable loss at a small batch matches InfoNCE at a batch 4-8x larger.
-Every run pretrains the small experiment architecture on the demo data with the
-contrastive loss alone (ITM and MLM off, so the comparison is about the contrastive
-objective), then measures zero-shot retrieval on the held-out test split by ITC
-similarity (mean of image->text and text->image R@1). Writes ``batch_size.json`` and
-``batch_size.png``.
+The claim tested (the NeurIPS 2022 paper, via the seed article): the decomposable loss
+at a small batch does what in-batch InfoNCE needs a larger batch for. Protocol
+(:mod:`experiments.frozen_features`): the small preset's encoders are frozen and their
+features of the demo data cached once (3,000 training images x 5 captions = 15,000
+pairs); each run trains fresh projection heads (384 -> 256, learnable temperature) with
+one contrastive loss for a fixed number of **epochs** (equal samples seen), AdamW at
+1e-3 with 5 % warm-up and a cosine, then measures zero-shot retrieval on the 300 test
+images (1,500 captions) by ITC cosine and linear probes of the image embedding on the
+first object's shape and colour. Every (loss, batch) cell runs ``--seeds`` seeds
+(different head initialisations and batch orders); the tables give mean ± std.
+
+Rows: the decomposable loss (defaults) at B in {8, 16, 32, 64}; in-batch InfoNCE at
+B to 256 (so 2B and 4B are there); SigLIP and ALBEF's queued ITC (queue 4,096, EMA
+teacher, distillation) at the same B as the decomposable loss; the earlier or
+switched-off parts of the decomposable loss at B = 32 (no batch calibration, the
+running estimate instead of the bank, the earlier absolute surrogate); and, for equal
+**steps**, InfoNCE at 2B trained 2x the epochs. Writes ``summary.json`` (``rows``:
+loss, batch, epochs, seeds, r1_mean, r1_std and more), ``batch_size.json`` (every run)
+and ``batch_size.png``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
+import statistics
 import time
-from dataclasses import asdict
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from experiments.common import RunSpec, ensure_demo_data, train_and_test, write_results  # noqa: E402
-
-LOSSES = {
-    "infonce": ("in-batch InfoNCE (no queue)", "tab:blue"),
-    "infonce_queue": ("ALBEF ITC (queue 256 + distillation)", "tab:green"),
-    "decomposable": ("decomposable (defaults: γ = 0.1, previous u)", "tab:red"),
-    "decomposable_sogclr": ("decomposable, SogCLR's order (γ = 0.9, updated u)", "tab:orange"),
+#: run name -> (registered contrastive loss, its arguments, label)
+LOSSES: dict[str, tuple[str, dict[str, Any], str]] = {
+    "decomposable": ("decomposable", {}, "decomposable (defaults: bank, relative, batch-calibrated)"),
+    "infonce": ("infonce", {}, "in-batch InfoNCE"),
+    "siglip": ("siglip", {}, "SigLIP"),
+    "infonce_queue": ("infonce_queue", {}, "ALBEF ITC (queue 4096 + distillation)"),
+    "decomposable_uncalibrated": ("decomposable", {"calibrate": "none"}, "decomposable, u not calibrated"),
+    "decomposable_running": ("decomposable", {"denominator": "running"},
+                             "decomposable, running estimate (FastCLIP schedule)"),
+    "decomposable_absolute": ("decomposable", {"form": "absolute", "denominator": "running", "gamma": 0.1,
+                                               "gamma_min": 0.1, "gamma_decay_visits": 0, "u_from": "previous",
+                                               "calibrate": "none"},
+                              "decomposable, earlier default (absolute, γ = 0.1, previous u)"),
 }
-DEFAULT_LOSSES = ("infonce", "infonce_queue", "decomposable")
-#: run name -> (contrastive loss, its arguments)
-CONTRASTIVE = {
-    "infonce": ("infonce", {}),
-    "infonce_queue": ("infonce_queue", {}),
-    "decomposable": ("decomposable", {}),
-    "decomposable_sogclr": ("decomposable", {"gamma": 0.9, "u_from": "updated"}),
-}
-BATCH_SIZES = (8, 16, 32, 64, 128)
+SMALL_BATCHES = (8, 16, 32, 64)
+CHANCE_R1 = 100 / 300  # one of 300 test images
 
 
-def run(out: Path, data: Path, steps: int, seeds: int, batch_sizes: tuple[int, ...], num_workers: int = 1,
-        preset: str = "small", image_res: int = 56, train_subset: int | None = 256,
-        losses: tuple[str, ...] = DEFAULT_LOSSES) -> dict:
-    results: dict = {"steps": steps, "seeds": seeds, "batch_sizes": list(batch_sizes), "preset": preset,
-                     "image_res": image_res, "train_subset": train_subset, "losses": list(losses), "runs": []}
-    for loss in losses:
-        contrastive, contrastive_args = CONTRASTIVE[loss]
-        for batch in batch_sizes:
-            for seed in range(seeds):
-                spec = RunSpec(
-                    name=f"{loss}_b{batch}_s{seed}", data_dir=str(data), steps=steps, batch_size=batch,
-                    contrastive=contrastive, contrastive_args=contrastive_args, itm_weight=0.0, mlm_weight=0.0, seed=seed, num_workers=num_workers,
-                    preset=preset, image_res=image_res, train_subset=train_subset, warmup_steps=min(10, steps),
-                    k_test=1,  # ITM is off, so its re-ranking is not measured; ITC recall is
-                )
-                metrics, _ = train_and_test(spec, out / "runs")
-                r1 = (metrics["itc_txt_r1"] + metrics["itc_img_r1"]) / 2
-                results["runs"].append({"loss": loss, "batch_size": batch, "seed": seed, "r1": r1,
-                                        "metrics": metrics, "spec": asdict(spec)})
-                print(f"{loss:<14} batch {batch:>4} seed {seed}: R@1 {r1:6.2f}%  ({metrics['train_seconds']:.0f}s)", flush=True)
-    results["summary"] = summarize(results)
-    results["conclusion"] = conclude(results["summary"], batch_sizes)
-    return results
+def plan(epochs: float, quick: bool) -> list[tuple[str, int, float]]:
+    """The ``(loss, batch, epochs)`` cells of the protocol (``quick``: a subset of the same cells)."""
+    if quick:
+        return [("decomposable", 8, epochs), ("decomposable", 16, epochs), ("infonce", 8, epochs),
+                ("infonce", 16, epochs), ("infonce", 32, epochs), ("siglip", 8, epochs), ("infonce_queue", 8, epochs)]
+    cells = [("decomposable", b, epochs) for b in SMALL_BATCHES]
+    cells += [("infonce", b, epochs) for b in (*SMALL_BATCHES, 128, 256)]
+    cells += [(loss, b, epochs) for loss in ("siglip", "infonce_queue") for b in SMALL_BATCHES]
+    cells += [(loss, 32, epochs) for loss in ("decomposable_uncalibrated", "decomposable_running",
+                                              "decomposable_absolute")]
+    cells += [("infonce", 2 * b, 2 * epochs) for b in (8, 16, 32)]  # equal steps with decomposable(b)
+    return cells
 
 
-def summarize(results: dict) -> dict[str, dict[int, float]]:
-    table: dict[str, dict[int, list[float]]] = {}
-    for run_ in results["runs"]:
-        table.setdefault(run_["loss"], {}).setdefault(run_["batch_size"], []).append(run_["r1"])
-    return {loss: {b: sum(v) / len(v) for b, v in by_batch.items()} for loss, by_batch in table.items()}
+def run_cell(cache: str, loss_name: str, batch: int, epochs: float, seed: int) -> dict[str, Any]:
+    """One training run (in a worker process, one thread)."""
+    import torch
+
+    from albef_struct.losses.contrastive import build_contrastive_loss
+    from experiments.frozen_features import FrozenFeatures, train_heads
+
+    torch.set_num_threads(1)
+    features = FrozenFeatures.load(Path(cache))
+    registered, args, _ = LOSSES[loss_name]
+    queue = {"queue_size": 4096} if registered == "infonce_queue" else {}
+    metrics = train_heads(features, build_contrastive_loss(registered, **args), batch, epochs, seed, **queue)
+    return {"loss": loss_name, "batch": batch, "epochs": epochs, "seed": seed, **metrics}
 
 
-def conclude(summary: dict[str, dict[int, float]], batch_sizes: tuple[int, ...]) -> str:
-    """Whether each decomposable variant at batch b reaches in-batch InfoNCE at 4b or 8b, from the numbers."""
-    reference = summary.get("infonce", {})
-    lines = []
-    for variant in (name for name in summary if name.startswith("decomposable")):
-        for b in batch_sizes:
-            for factor in (4, 8):
-                big = b * factor
-                if big in reference and b in summary[variant]:
-                    dec, ref = summary[variant][b], reference[big]
-                    verdict = "matches or beats" if dec >= ref else "falls short of"
-                    lines.append(f"{variant}@{b} ({dec:.1f}%) {verdict} infonce@{big} ({ref:.1f}%)")
-    return "; ".join(lines) or "in-batch InfoNCE 4x or 8x larger was not run beside it, so the claim was not tested"
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (loss, batch, epochs): mean and std over seeds of each metric."""
+    cells: dict[tuple[str, int, float], list[dict[str, Any]]] = {}
+    for run in runs:
+        cells.setdefault((run["loss"], run["batch"], run["epochs"]), []).append(run)
+    rows = []
+    for (loss, batch, epochs), group in cells.items():
+        row: dict[str, Any] = {"loss": loss, "batch": batch, "epochs": epochs, "seeds": len(group),
+                               "steps": group[0]["steps"]}
+        for key in ("r1", "i2t_r1", "t2i_r1", "probe_shape", "probe_colour", "train_infonce", "temp"):
+            scale = 100.0 if key.startswith("probe_") else 1.0  # probe accuracies come as fractions
+            values = [scale * run[key] for run in group if key in run]
+            if values:
+                row[f"{key}_mean"] = statistics.fmean(values)
+                row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        row["r1_min"] = min(run["r1"] for run in group)
+        row["step_saved_bytes"] = group[0].get("step_saved_bytes")
+        row["seconds_per_epoch"] = statistics.fmean(run["seconds_per_epoch"] for run in group)
+        rows.append(row)
+    return rows
 
 
-def plot(results: dict, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for loss, by_batch in results["summary"].items():
-        label, color = LOSSES[loss]
-        xs = sorted(by_batch)
-        ax.plot(xs, [by_batch[x] for x in xs], "o-", color=color, label=label)
+def find(rows: list[dict[str, Any]], loss: str, batch: int, epochs: float) -> dict[str, Any] | None:
+    return next((r for r in rows if r["loss"] == loss and r["batch"] == batch and r["epochs"] == epochs), None)
+
+
+def verdicts(rows: list[dict[str, Any]], epochs: float) -> list[dict[str, Any]]:
+    """The issue's targets, checked from the numbers. σ is the pooled std of the two rows compared."""
+    out = []
+    for batch in SMALL_BATCHES:
+        dec = find(rows, "decomposable", batch, epochs)
+        if dec is None:
+            continue
+        for other_batch, margin in ((batch, 2.0), (2 * batch, -1.0)):
+            ref = find(rows, "infonce", other_batch, epochs)
+            if ref is None:
+                continue
+            sigma = math.sqrt((dec["r1_std"] ** 2 + ref["r1_std"] ** 2) / 2)
+            need = ref["r1_mean"] + margin * sigma
+            out.append({
+                "claim": f"decomposable({batch}) >= infonce({other_batch}) {'+ 2σ' if margin > 0 else '- σ'}",
+                "decomposable": dec["r1_mean"], "infonce": ref["r1_mean"], "sigma": sigma, "needed": need,
+                "holds": dec["r1_mean"] >= need,
+            })
+    collapsed = [f"{r['loss']}@{r['batch']}" for r in rows if r["r1_min"] < 2 * CHANCE_R1]
+    out.append({"claim": "no run ends at chance (R@1 < 2x chance)", "collapsed": collapsed, "holds": not collapsed})
+    return out
+
+
+def plot(rows: list[dict[str, Any]], epochs: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"decomposable": "tab:red", "infonce": "tab:blue", "siglip": "tab:purple", "infonce_queue": "tab:green",
+              "decomposable_uncalibrated": "tab:orange", "decomposable_running": "tab:brown",
+              "decomposable_absolute": "tab:gray"}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for loss, (_, _, label) in LOSSES.items():
+        series = sorted((r for r in rows if r["loss"] == loss and r["epochs"] == epochs), key=lambda r: r["batch"])
+        if series:
+            ax.errorbar([r["batch"] for r in series], [r["r1_mean"] for r in series],
+                        yerr=[r["r1_std"] for r in series], fmt="o-", capsize=3, color=colors[loss], label=label)
+    steps = sorted((r for r in rows if r["loss"] == "infonce" and r["epochs"] == 2 * epochs), key=lambda r: r["batch"])
+    if steps:
+        ax.errorbar([r["batch"] for r in steps], [r["r1_mean"] for r in steps], yerr=[r["r1_std"] for r in steps],
+                    fmt="s--", capsize=3, color="tab:cyan", label=f"in-batch InfoNCE, {2 * epochs:g} epochs (equal steps at B/2)")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size")
     ax.set_ylabel("zero-shot R@1, mean of both directions (%)")
-    ax.set_title(f"Demo data ({results['train_subset']} pairs), {results['steps']} steps, contrastive loss only",
-                 fontsize=9)
-    ax.legend()
+    ax.set_title(f"Frozen small-preset features, 15,000 demo pairs, {epochs:g} epochs, mean ± std over seeds", fontsize=9)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def print_table(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) -> None:
+    print(f"\n{'loss':<28}{'batch':>6}{'epochs':>7}{'R@1 mean±std':>16}{'i2t':>7}{'t2i':>7}{'shape':>7}{'colour':>7}{'temp':>7}")
+    for r in sorted(rows, key=lambda r: (r["loss"], r["epochs"], r["batch"])):
+        print(f"{r['loss']:<28}{r['batch']:>6}{r['epochs']:>7g}{r['r1_mean']:>9.2f}±{r['r1_std']:<6.2f}"
+              f"{r['i2t_r1_mean']:>7.1f}{r['t2i_r1_mean']:>7.1f}{r.get('probe_shape_mean', float('nan')):>7.1f}"
+              f"{r.get('probe_colour_mean', float('nan')):>7.1f}{r['temp_mean']:>7.3f}")
+    for check in checks:
+        print(("HOLDS    " if check["holds"] else "DOES NOT HOLD ") + check["claim"]
+              + (f": {check['decomposable']:.2f} vs needed {check['needed']:.2f}" if "needed" in check else
+                 f": {check['collapsed'] or 'none collapsed'}"))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/batch_size"))
     parser.add_argument("--data", type=Path, default=Path("data/demo"))
-    parser.add_argument("--steps", type=int, default=80)
-    parser.add_argument("--seeds", type=int, default=1)
-    parser.add_argument("--train-subset", type=int, default=256, help="train on the first N pairs (0: all)")
-    parser.add_argument("--image-res", type=int, default=56)
-    parser.add_argument("--preset", choices=("small", "tiny"), default="small")
-    parser.add_argument("--losses", nargs="+", choices=tuple(LOSSES), default=list(DEFAULT_LOSSES))
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=list(BATCH_SIZES))
-    parser.add_argument("--quick", action="store_true", help="tiny preset, batch 4 only, 2 steps, tiny data (a smoke test)")
+    parser.add_argument("--cache", type=Path, default=None, help="feature cache (default: next to the data)")
+    parser.add_argument("--epochs", type=float, default=10.0)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs in parallel, 1 thread each")
+    parser.add_argument("--quick", action="store_true", help="2 seeds x 2 epochs over a subset of the cells (< 10 min)")
     args = parser.parse_args(argv)
-    batch_sizes, workers = tuple(args.batch_sizes), 1
     if args.quick:
-        args.steps, batch_sizes, workers, args.preset, args.image_res, args.train_subset = 2, (4,), 0, "tiny", 64, 16
-        ensure_demo_data(args.data, n_train=32, n_val=16, n_test=16)
-    else:
-        ensure_demo_data(args.data)
+        args.epochs, args.seeds = 2.0, 2
+    from experiments.common import ensure_demo_data
+    from experiments.frozen_features import cache_features, default_cache_path
+
+    ensure_demo_data(args.data)
+    cache = cache_features(args.data, args.cache or default_cache_path(args.data))
+    cells = plan(args.epochs, args.quick)
     start = time.perf_counter()
-    results = run(args.out, args.data, args.steps, args.seeds, batch_sizes, workers,
-                  args.preset, args.image_res, args.train_subset or None, tuple(args.losses))
-    results["seconds"] = time.perf_counter() - start
-    plot(results, args.out / "batch_size.png")
-    path = write_results(args.out, "batch_size", results)
-    print("\nR@1 (%) by batch size")
-    print("loss            " + "".join(f"{b:>8}" for b in batch_sizes))
-    for loss in args.losses:
-        print(f"{loss:<16}" + "".join(f"{results['summary'][loss][b]:>8.2f}" for b in batch_sizes))
-    print(f"\n{results['conclusion']}\nwritten to {path} and {args.out / 'batch_size.png'}")
+    jobs = [(str(cache), loss, batch, epochs, seed) for loss, batch, epochs in cells for seed in range(args.seeds)]
+    jobs.sort(key=lambda job: job[3] / job[2] * (3 if job[1].startswith("decomposable") else 1), reverse=True)
+    runs = []
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        for run in pool.map(run_cell, *zip(*jobs)):
+            runs.append(run)
+            print(f"{run['loss']:<28} batch {run['batch']:>4} epochs {run['epochs']:>4g} seed {run['seed']}: "
+                  f"R@1 {run['r1']:6.2f} ({run['train_seconds']:.0f}s)", flush=True)
+    rows = summarize(runs)
+    checks = verdicts(rows, args.epochs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary = {"rows": rows, "verdicts": checks, "epochs": args.epochs, "seeds": args.seeds, "quick": args.quick,
+               "seconds": time.perf_counter() - start, "cache": str(cache)}
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (args.out / "batch_size.json").write_text(json.dumps({"runs": runs, **summary}, indent=1) + "\n")
+    plot(rows, args.epochs, args.out / "batch_size.png")
+    print_table(rows, checks)
+    print(f"\n{len(runs)} runs in {summary['seconds']:.0f}s; written to {args.out}/summary.json and batch_size.png")
     return 0
 
 

@@ -32,6 +32,13 @@ Two choices decide whether this works in training (both measured, see the docs):
   state before it. Stored values are computed at the temperature of the step that
   stored them, so they go stale when a learnable ``τ`` moves.
 
+``calibrate="batch"`` (default) rescales the batch's ``u`` by one common factor so the
+mean ``ĝ_i/u_i`` is 1: drifting embeddings shift every anchor's denominator alike, and
+the resulting jumps in step size were measured to wreck AdamW runs; the anchors'
+relative weights, what the decomposition adds over in-batch InfoNCE, are kept
+(``"none"``: unbiased with exact ``u``, self-normalised bias ``O(1/B)`` otherwise).
+``bank_max_age`` leaves bank rows older than that many steps out (0: none).
+
 ``positive_weight`` sets the positive's weight in ``g``: ``"dataset"`` (``1/N``: the
 full-data loss above) or ``"batch"`` (``1/G`` for ``G`` candidates: with
 ``denominator="running"``, ``gamma=1`` and ``u_from="updated"`` the gradient is
@@ -172,6 +179,8 @@ class DecomposableLoss(ContrastiveLoss):
         gamma_shape: ``k`` of the Gamma draw.
         positive_weight: the positive's weight in the denominator.
         feature_dim: embedding size of the bank (:meth:`resize` can set it).
+        bank_max_age: bank rows written more than this many steps ago are left out (0: none).
+        calibrate: ``"batch"`` (common scale of ``u`` fitted to the batch) or ``"none"``.
         generator: random source of the Gamma draws (the global RNG when None).
 
     Needs ``inputs.sample_index`` (stable dataset indices). Under DDP pass
