@@ -99,6 +99,7 @@ def write_config(run_dir: Path, demo_dir: Path, contrastive: str, recorder: dict
             "accelerator": "cpu",
             "devices": 1,
             "max_steps": STEPS,
+            "max_epochs": 2,  # as every shipped config sets it: the schedule must not build the loader early
             "limit_val_batches": 0,
             "num_sanity_val_steps": 0,
             "deterministic": True,

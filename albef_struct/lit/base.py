@@ -120,11 +120,22 @@ class ALBEFLitBase(pl.LightningModule):
         if self.optim.fused is not None:
             kwargs["fused"] = self.optim.fused
         optimizer = torch.optim.AdamW(groups, **kwargs)
-        total = int(self.trainer.estimated_stepping_batches)
-        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        schedule = WarmupCosine(self.optim, total, self.steps_per_epoch, epochs)
+        # The run's length is set in on_train_start (step 0 does not depend on it): reading
+        # trainer.estimated_stepping_batches here would build the training loader before a
+        # resumed run's loader state is restored, and Lightning then never applies that state,
+        # so the epoch would restart from its first batch (Lightning issue #20550).
+        schedule = WarmupCosine(self.optim, total_steps=1, steps_per_epoch=1, epochs=1)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        """Give the learning-rate schedule the run's length, now that the (restored) loader exists."""
+        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+        total = int(self.trainer.estimated_stepping_batches)
+        for config in self.trainer.lr_scheduler_configs:
+            for schedule in getattr(config.scheduler, "lr_lambdas", ()):
+                if isinstance(schedule, WarmupCosine):
+                    schedule.set_length(total, self.steps_per_epoch, epochs)
 
     @property
     def results_dir(self) -> str:

@@ -53,6 +53,10 @@ class WarmupCosine:
         self.warmup_steps = cfg.warmup_steps
         self.min_lr = cfg.min_lr
         self.per_epoch = cfg.cosine == "epoch"
+        self.set_length(total_steps, steps_per_epoch, epochs)
+
+    def set_length(self, total_steps: int, steps_per_epoch: int, epochs: int) -> None:
+        """The run's optimizer steps in all and per epoch, and its epochs (known once training starts)."""
         self.total_steps = max(1, total_steps)
         self.steps_per_epoch = max(1, steps_per_epoch)
         self.epochs = max(1, epochs)
