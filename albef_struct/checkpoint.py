@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from albef_struct.errors import ProjectError
+
 if TYPE_CHECKING:  # checkpoint I/O stays importable without the models (timm, transformers)
     from albef_struct.models import ALBEFConfig
 
@@ -66,7 +68,7 @@ OFFICIAL_FRESH_OK = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ProjectError, ValueError):
     """A checkpoint file or state dict that cannot be imported, with the reason and the fix."""
 
 

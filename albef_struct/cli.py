@@ -10,6 +10,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+from albef_struct.errors import DEBUG_FLAG, debug_requested, hint, user_message
+
 #: Callbacks (in albef_struct.lit.reliability) every run gets unless ``trainer.callbacks`` lists one of that class.
 DEFAULT_CALLBACKS: tuple[str, ...] = ("ConfigValidator", "SkippedRecordsReport", "RNGStateCheckpoint")
 
@@ -18,6 +20,29 @@ EXTRA_COMMANDS: dict[str, tuple[str, str, str]] = {
     "analyze": ("albef_struct.analysis", "main", "latent geometry, linear probes and a 2-D picture of embeddings"),
     "convert": ("albef_struct.convert", "main", "official ALBEF checkpoint -> this project's .ckpt + .safetensors"),
 }
+
+
+#: jsonargparse's lines around a refused value that say nothing about which key or why
+_PARSER_NOISE = ("Does not validate against any of the Union", "Subtypes:", "Errors:", "Given value type:",
+                 "Given value:", "- Expected a <class 'NoneType'>")
+
+
+class CompactErrorParser(LightningArgumentParser):
+    """A refused configuration is reported in a few lines (the key and the reason), not after the usage
+    text; options are never abbreviated (``--trainer.max_epoch`` is an error, not ``max_epochs``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:
+            return super().error(message, ex)
+        lines = [line.strip() for line in message.splitlines() if line.strip()]
+        reason = " ".join(line.removeprefix("- ") for line in lines if not line.startswith(_PARSER_NOISE))
+        prog = self.prog.replace(" [options]", "")
+        sys.stderr.write(f"error: {reason}\n(accepted keys: {prog} --help; the full configuration: --print_config)\n")
+        sys.exit(2)
 
 
 class ALBEFCLI(LightningCLI):
@@ -119,8 +144,20 @@ def _run_extra(name: str, argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    """Entry point of the console script: the project's own errors come out as one message
+    and exit status 1 (``--debug`` or ``ALBEF_STRUCT_DEBUG=1``: with the traceback)."""
+    debug, args = debug_requested(list(sys.argv[1:] if argv is None else argv))
+    try:
+        return _dispatch(args, pass_args=argv is not None)
+    except Exception as error:  # noqa: BLE001 - only the project's errors are caught; the rest re-raise
+        message = None if debug else user_message(error)
+        if message is None:
+            raise
+        print(f"{message}\n{hint()}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: list[str], pass_args: bool) -> int:
     if args and args[0] in EXTRA_COMMANDS:
         return _run_extra(args[0], args[1:])
     if args and args[0] in ("-h", "--help") and EXTRA_COMMANDS:
@@ -134,7 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed_everything_default=42,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
-        args=None if argv is None else args,
+        parser_class=CompactErrorParser,
+        args=args if pass_args or DEBUG_FLAG in sys.argv[1:] else None,
     )
     return 0
 

@@ -11,6 +11,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# In-process `albef_struct.cli.main` calls raise the project's errors (as with --debug) so tests can
+# inspect them; tests/test_cli_errors.py checks the one-line message without it.
+os.environ.setdefault("ALBEF_STRUCT_DEBUG", "1")
 # Tiny test models run fastest on one thread, and a second thread per xdist worker would
 # oversubscribe a 2-core machine (a tiny training step measured ~50x slower that way).
 torch.set_num_threads(1)

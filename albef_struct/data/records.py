@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from albef_struct.errors import ProjectError
+
 __all__ = [
     "BadRecordError",
     "Record",
@@ -29,7 +31,7 @@ VE_LABELS = {"entailment": 2, "neutral": 1, "contradiction": 0}
 VQA_SOURCES = ("vqa", "vg")
 
 
-class BadRecordError(ValueError):
+class BadRecordError(ProjectError, ValueError):
     """A JSON file, record or image that cannot be used; the message says where and how to fix it.
 
     Attributes ``source`` (JSON file), ``row`` (record index, or None for the whole file),

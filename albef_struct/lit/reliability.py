@@ -36,6 +36,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from albef_struct.checkpoint import CheckpointError, load_checkpoint_file
 from albef_struct.data.datamodules import ResumableDataLoader, ResumableEpochSampler
+from albef_struct.errors import ProjectError
 from albef_struct.lit.validation import validate_run
 
 __all__ = [
@@ -108,11 +109,11 @@ def nonfinite_terms(losses: Mapping[str, Any]) -> dict[str, str]:
 
 
 # --- checkpoint files ----------------------------------------------------------------------------------
-class NonFiniteCheckpointError(ValueError):
+class NonFiniteCheckpointError(ProjectError, ValueError):
     """Refusal to write a checkpoint whose weights hold NaN or Inf."""
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(ProjectError, FloatingPointError):
     """A training loss term or gradient became NaN or Inf (``on_nonfinite="error"``)."""
 
 

@@ -18,6 +18,8 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.utilities.model_helpers import is_overridden
 
+from albef_struct.errors import ProjectError
+
 __all__ = ["ConfigError", "find_problems", "validate_run"]
 
 Problems = Iterator[str]
@@ -25,7 +27,7 @@ Problems = Iterator[str]
 EVAL_TEXT_TOKENS = 30
 
 
-class ConfigError(ValueError):
+class ConfigError(ProjectError, ValueError):
     """A run configuration that cannot work; the message lists every problem with its fix."""
 
 
