@@ -13,7 +13,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from albef_struct.errors import DEBUG_FLAG, debug_requested, hint, user_message
 
 #: Callbacks (in albef_struct.lit.reliability) every run gets unless ``trainer.callbacks`` lists one of that class.
-DEFAULT_CALLBACKS: tuple[str, ...] = ("ConfigValidator", "SkippedRecordsReport", "RNGStateCheckpoint")
+DEFAULT_CALLBACKS: tuple[str, ...] = ("ConfigValidator", "SkippedRecordsReport", "RNGStateCheckpoint", "RunFolderGuard")
 
 # Subcommands that are not Trainer methods: name -> (module path, function taking argv).
 EXTRA_COMMANDS: dict[str, tuple[str, str, str]] = {

@@ -37,6 +37,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from albef_struct.checkpoint import CheckpointError, load_checkpoint_file
 from albef_struct.data.datamodules import ResumableDataLoader, ResumableEpochSampler
 from albef_struct.errors import ProjectError
+from albef_struct.lit.run_folder import DISK_FULL, RunFolderGuard, disk_full_error
 from albef_struct.lit.validation import validate_run
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "RNGStateCheckpoint",
     "ResumableDataLoader",
     "ResumableEpochSampler",
+    "RunFolderGuard",
     "SkippedRecordsReport",
     "atomic_torch_save",
     "check_state_shapes",
@@ -150,7 +152,8 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike, fsync: bool = True) -> 
     """``torch.save`` to ``path + ".tmp"`` in the same folder, then ``os.replace`` onto ``path``.
 
     A process killed while saving leaves at most a partial ``.tmp`` file; ``path``
-    is either the old file or the complete new one (``os.replace`` within one
+    is either the old file or the complete new one; a full disk removes the partial
+    file and raises a :class:`~albef_struct.checkpoint.CheckpointError` saying so (``os.replace`` within one
     folder is atomic on POSIX and Windows). With ``fsync`` the data and the rename
     also survive a power loss.
     """
@@ -165,9 +168,11 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike, fsync: bool = True) -> 
             if fsync:
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(err, OSError) and err.errno in DISK_FULL:
+            raise disk_full_error(path, err) from err
         raise
     if fsync:
         _fsync_dir(directory)
