@@ -52,8 +52,9 @@ class Progress(Callback):
         self.path, self.disk_full_at, self.hold_at = path, disk_full_at, hold_at
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        with open(self.path, "a") as handle:
-            handle.write(f"{trainer.global_step}\n")
+        loss = float(outputs["loss"]) if isinstance(outputs, dict) and "loss" in outputs else float("nan")
+        with open(self.path, "a") as handle:  # step, loss and samples: where a resumed run departs, if it does
+            handle.write(f"{trainer.global_step},{loss:.9g},{sum(batch['index'].tolist())}\n")
         if trainer.global_step == self.disk_full_at:  # the save after this step finds the disk full
             def no_space(*args: Any, **kwargs: Any) -> None:
                 raise OSError(errno.ENOSPC, "No space left on device")
@@ -103,6 +104,21 @@ def environment() -> dict[str, str]:
 
 def steps_done(progress: Path) -> int:
     return len(progress.read_text().split()) if progress.exists() else 0
+
+
+def last_records(progress: Path) -> dict[int, str]:
+    """The last record written for each step (a resumed run writes a step again)."""
+    records = {}
+    for line in progress.read_text().split():
+        step, rest = line.split(",", 1)
+        records[int(step)] = rest
+    return records
+
+
+def first_departure(reference: Path, resumed: Path) -> int | None:
+    """The first step whose loss or samples differ between the two progress files (None: none)."""
+    ref, res = last_records(reference), last_records(resumed)
+    return next((step for step in sorted(ref) if res.get(step) != ref[step]), None)
 
 
 def loads(path: Path) -> bool:
@@ -211,6 +227,7 @@ def soak(out: Path, kills: int, seed: int) -> dict[str, Any]:
     result["final_exit_status"] = final.returncode
     result["final_matches_uninterrupted"], result["max_abs_diff"] = same_state(
         torch.load(reference / "ckpt" / "last.ckpt", weights_only=True), torch.load(last, weights_only=True))
+    result["first_departing_step"] = first_departure(reference / "progress", progress)
     result["faults"]["unusable_folder_refused"] = unusable_folder_is_refused(out, data)
     result["seconds"] = time.perf_counter() - start
     result["passed"] = (result["kills"] == kills and result["unreadable_last_ckpt"] == 0 and final.returncode == 0

@@ -47,13 +47,22 @@ def _contiguous_ids(keys: Sequence[Any]) -> list[int]:
     return [ids.setdefault(k, len(ids)) for k in keys]
 
 
+AUG_VIEW = 1000  # the seed salt of a second augmented view of the same image
+
+
 class RecordImageDataset(Dataset):
     """Base: records loaded from JSON files, images loaded and transformed on access.
 
     With ``skip_bad_records`` a bad record is skipped at load time (counted in
     ``skip_report``) and an unreadable image at access time makes ``__getitem__`` return
     ``None`` (the collate drops it and counts it in ``n_skipped``).
+
+    The image transform's random draws are seeded by (``seed``, epoch, index, view), so a
+    sample gets the same augmentation whichever DataLoader worker loads it, and again when
+    a run resumes mid-epoch; ``set_epoch`` (called by the training sampler) moves them on.
     """
+
+    seed: int = 0
 
     schema: str = ""
 
@@ -70,6 +79,8 @@ class RecordImageDataset(Dataset):
         schema: str | None = None,
     ) -> None:
         self.transform = transform
+        # Shared memory, so persistent DataLoader workers see the epoch set in the main process.
+        self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
         self.skip_bad_records = skip_bad_records
         self.skip_report = SkipReport()
         schema = schema or self.schema
@@ -97,7 +108,21 @@ class RecordImageDataset(Dataset):
 
     def load(self, index: int, which: int = 0) -> torch.Tensor:
         """Image ``which`` of record ``index``, transformed."""
-        return self.transform(self.load_raw(index, which))
+        return self.transformed(self.load_raw(index, which), index, which)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(int(epoch))
+
+    def transformed(self, image: Any, index: int, view: int = 0) -> torch.Tensor:
+        """``transform(image)`` with the torch random draws seeded by (seed, epoch, index, view)."""
+        seed = int(np.random.SeedSequence([self.seed, self.epoch, index, view]).generate_state(1)[0])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image)
 
     def item(self, index: int) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -148,16 +173,7 @@ class PretrainDataset(RecordImageDataset):
         self.max_words = max_words
         self.text_augment = text_augment
         self.seed = int(seed) % 2**32  # SeedSequence needs a non-negative seed
-        # Shared memory, so persistent DataLoader workers see the epoch set in the main process.
-        self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
         self.image_idx = _contiguous_ids([rec.image_paths[0] for rec in self.records])
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch.fill_(int(epoch))
 
     def caption(self, index: int, epoch: int | None = None) -> str:
         """The raw caption ``index`` uses in ``epoch`` (default: the current epoch)."""
@@ -176,7 +192,7 @@ class PretrainDataset(RecordImageDataset):
             return out
         # second augmented view: the same image transformed again, the caption EDA-augmented
         image = self.load_raw(index)
-        out["image"], out["image_aug"] = self.transform(image), self.transform(image)
+        out["image"], out["image_aug"] = self.transformed(image, index, 0), self.transformed(image, index, AUG_VIEW)
         rng = np.random.default_rng([self.seed, self.epoch, index, 1])
         out["text_aug"] = self.text_augment(text, rng)
         return out
