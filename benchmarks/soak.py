@@ -121,6 +121,13 @@ def first_departure(reference: Path, resumed: Path) -> int | None:
     return next((step for step in sorted(ref) if res.get(step) != ref[step]), None)
 
 
+def written_since(path: Path, moment: float) -> bool:
+    try:
+        return path.stat().st_mtime >= moment
+    except FileNotFoundError:
+        return False
+
+
 def loads(path: Path) -> bool:
     try:
         torch.load(path, map_location="cpu", weights_only=True)
@@ -162,7 +169,7 @@ def kill_after_next_step(command: list[str], progress: Path, delay: float, log: 
                          in_write: Path | None = None) -> tuple[bool, int]:
     """Start a run, SIGKILL it ``delay`` s after it completes a new step (or, with ``in_write``, as soon
     as that file exists: inside a checkpoint write); ``(killed?, exit status)``."""
-    before = steps_done(progress)
+    before, started = steps_done(progress), time.time()
     with open(log, "a") as out:
         process = subprocess.Popen(command, cwd=REPO, env=environment(), stdout=out, stderr=out)
     deadline = time.monotonic() + START_TIMEOUT
@@ -171,9 +178,9 @@ def kill_after_next_step(command: list[str], progress: Path, delay: float, log: 
             process.kill()
             raise TimeoutError(f"no step within {START_TIMEOUT}s: {command}")
         time.sleep(0.01)
-    if in_write is not None:
+    if in_write is not None:  # a write of this run: the file appears again after the step (a kill leaves one behind)
         deadline = time.monotonic() + max(delay, 1.0) * 4
-        while process.poll() is None and not in_write.exists() and time.monotonic() < deadline:
+        while process.poll() is None and not written_since(in_write, started) and time.monotonic() < deadline:
             time.sleep(0.0005)
     else:
         time.sleep(delay)
@@ -209,7 +216,7 @@ def soak(out: Path, kills: int, seed: int) -> dict[str, Any]:
                               "steps": steps, "faults": {}}
     log = killed / "runs.log"
     while result["kills"] < kills:
-        resume = last.exists()
+        resume, started = last.exists(), time.time()
         target = last.parent / "last.ckpt.tmp" if result["kills"] % 3 == 2 else None  # every third kill: mid-write
         was_killed, _ = kill_after_next_step(fit_command(config, resume), progress, rng.uniform(0, step_seconds), log,
                                              target)
@@ -217,7 +224,7 @@ def soak(out: Path, kills: int, seed: int) -> dict[str, Any]:
         if not was_killed:
             break
         result["kills"] += 1
-        result["kills_during_write"] += int((last.parent / "last.ckpt.tmp").exists())
+        result["kills_during_write"] += int(written_since(last.parent / "last.ckpt.tmp", started))
         result["unreadable_last_ckpt"] += int(last.exists() and not loads(last))
         if result["kills"] == kills // 2:
             result["faults"]["second_fit_refused"] = second_fit_is_refused(killed, data, steps, last, log)

@@ -167,7 +167,8 @@ def assert_same_tensors(a: Any, b: Any, where: str = "") -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
-def run_scenario(tmp_path: Path, demo_dir: Path, contrastive: str, kill: dict[str, int]) -> tuple[dict, dict, Path]:
+def run_scenario(tmp_path: Path, demo_dir: Path, contrastive: str, kill: dict[str, int],
+                 kill_after: int = KILL_AFTER) -> tuple[dict, dict, Path]:
     """Uninterrupted run, killed run, resumed run; returns (uninterrupted steps, resumed steps, killed run dir)."""
     full_dir, killed_dir = tmp_path / "full", tmp_path / "killed"
     full_dir.mkdir()
@@ -180,14 +181,14 @@ def run_scenario(tmp_path: Path, demo_dir: Path, contrastive: str, kill: dict[st
 
     killed = run_fit(write_config(killed_dir, demo_dir, contrastive, {"out": str(killed_dir / "killed.jsonl"), **kill}))
     assert killed.returncode == -signal.SIGKILL, f"expected a SIGKILL, got rc {killed.returncode}: {killed.stderr[-2000:]}"
-    assert load(killed_dir / "ckpt" / "last.ckpt")["global_step"] == KILL_AFTER - 1  # the last good one, loadable
+    assert load(killed_dir / "ckpt" / "last.ckpt")["global_step"] == kill_after - 1  # the last good one, loadable
     partial = killed_dir / "ckpt" / "last.ckpt.tmp"
     if "die_saving_after" in kill:  # the interrupted write: half a file beside the intact last.ckpt
         assert partial.is_file() and partial.stat().st_size > 0
         with pytest.raises(Exception):
             torch.load(partial, map_location="cpu", weights_only=True)
     first = read_steps(killed_dir / "killed.jsonl")
-    for step in range(1, KILL_AFTER):
+    for step in range(1, kill_after):
         assert first[step] == full_steps_of(full_dir)[step]  # same run up to the kill
 
     config = write_config(killed_dir, demo_dir, contrastive, {"out": str(killed_dir / "resumed.jsonl")})
@@ -202,8 +203,9 @@ def full_steps_of(run_dir: Path) -> dict[int, dict]:
     return read_steps(run_dir / "steps.jsonl")
 
 
-def check_same_as_uninterrupted(full_steps: dict, resumed_steps: dict, full_dir: Path, killed_dir: Path) -> None:
-    assert sorted(resumed_steps) == list(range(KILL_AFTER, STEPS + 1))
+def check_same_as_uninterrupted(full_steps: dict, resumed_steps: dict, full_dir: Path, killed_dir: Path,
+                                kill_after: int = KILL_AFTER) -> None:
+    assert sorted(resumed_steps) == list(range(kill_after, STEPS + 1))
     for step, record in resumed_steps.items():
         assert record["index"] == full_steps[step]["index"], f"step {step} saw other samples"
         assert record["loss"] == pytest.approx(full_steps[step]["loss"], rel=1e-6), f"step {step}"
@@ -222,6 +224,16 @@ def test_kill_while_writing_last_ckpt_keeps_the_previous_one_and_resume_matches(
     check_same_as_uninterrupted(full_steps, resumed_steps, tmp_path / "full", killed_dir)
     state = load(killed_dir / "ckpt" / "last.ckpt")["state_dict"]
     assert int(state["queue.ptr"]) == (STEPS * 8) % 64
+
+
+@pytest.mark.slow
+def test_resume_from_the_checkpoint_of_an_epochs_last_step(tmp_path, demo_dir):
+    """Killed after step 9: the last checkpoint is step 8, the last of epoch 0 (8 steps per epoch), taken
+    before the next epoch's loader pass began. Starting that pass drew from the global RNG, so a resumed
+    run was one draw off in every random choice from step 9 on; the loader now has its own generator."""
+    full_steps, resumed_steps, killed_dir = run_scenario(tmp_path, demo_dir, "infonce_queue", {"kill_after": 9},
+                                                         kill_after=9)
+    check_same_as_uninterrupted(full_steps, resumed_steps, tmp_path / "full", killed_dir, kill_after=9)
 
 
 @pytest.mark.slow

@@ -136,6 +136,12 @@ class ResumableDataLoader(DataLoader):
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Its own generator for the per-pass worker seed, so that starting a pass draws nothing from the
+        # global RNG: a run resumed from a checkpoint taken at an epoch's last step would otherwise miss
+        # the draw the uninterrupted run made when the next epoch began, and every random choice of the
+        # training step (masking, negatives, dropout) would be one draw off from then on.
+        if kwargs.get("generator") is None:
+            kwargs["generator"] = torch.Generator().manual_seed(0)
         super().__init__(*args, **kwargs)
         if self.batch_size is None:
             raise TypeError("ResumableDataLoader needs a batch_size (it counts whole batches)")
