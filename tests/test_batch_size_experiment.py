@@ -39,8 +39,10 @@ def test_summary_and_verdicts_on_known_numbers():
     assert beats["holds"] and beats["needed"] == pytest.approx(67.0)
     matches = checks["decomposable(8) >= infonce(16) - σ"]
     assert not matches["holds"] and matches["needed"] == pytest.approx(72.0)
-    collapse = checks["no run ends at chance (R@1 < 2x chance)"]
+    collapse = checks["no run of a loss at its defaults ends at chance (R@1 < 2x chance)"]
     assert not collapse["holds"] and collapse["collapsed"] == ["siglip@8"]
+    variant = verdicts(summarize([fake_run("decomposable_absolute", 32, 0, 0.5)]), 10.0)[-1]
+    assert variant["holds"] and variant["variants_at_chance"] == ["decomposable_absolute@32"]
 
 
 def test_run_cell_trains_the_default_decomposable_loss_on_a_cache(tmp_path):
