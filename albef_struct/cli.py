@@ -108,9 +108,16 @@ class ALBEFCLI(LightningCLI):
         try:
             super()._parse_ckpt_path()
         except Exception:
-            from albef_struct.checkpoint import load_checkpoint_file
+            from pathlib import Path
 
-            load_checkpoint_file(self.config[self.config.subcommand]["ckpt_path"])  # raises CheckpointError
+            from albef_struct.checkpoint import CheckpointError, load_checkpoint_file
+            from albef_struct.lit.reliability import earlier_checkpoints
+
+            path = self.config[self.config.subcommand]["ckpt_path"]
+            try:
+                load_checkpoint_file(path)
+            except CheckpointError as err:  # with the other checkpoints of that folder, as on every other path
+                raise CheckpointError(f"{err}{earlier_checkpoints(Path(path))}") from err.__cause__
             raise
 
     def before_instantiate_classes(self) -> None:

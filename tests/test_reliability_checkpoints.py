@@ -168,3 +168,16 @@ def test_a_checkpoint_of_another_shape_names_the_first_mismatching_key(tmp_path,
     with pytest.raises(CheckpointError, match=r"\(first mismatching key\)") as init:
         main(["fit", "--config", str(target), "--model.init_args.init_from", str(ckpt)])
     assert expected.removeprefix("model.") in str(init.value)
+
+
+@pytest.mark.slow
+def test_a_truncated_ckpt_path_lists_the_other_checkpoints(tmp_path, demo_dir):
+    """``--ckpt_path`` is read by the CLI before the trainer's checkpoint plugin: the hint must be there too."""
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    AtomicCheckpointIO().save_checkpoint(payload(1), folder / "step=1.ckpt")
+    data = (folder / "step=1.ckpt").read_bytes()
+    (folder / "last.ckpt").write_bytes(data[: len(data) // 2])
+    config = write_config(tmp_path / "run" / "config.yaml", tiny_config(tmp_path / "run", demo_dir))
+    with pytest.raises(CheckpointError, match=r"truncated or corrupt.*Other checkpoints in that folder.*step=1\.ckpt"):
+        main(["fit", "--config", str(config), "--ckpt_path", str(folder / "last.ckpt")])

@@ -22,12 +22,12 @@ import pytest
 import yaml
 
 from data_prep.demo_data import generate
-from tests.test_reliability_resume import RUN_TIMEOUT, assert_same_tensors, load, read_steps
+from tests.test_reliability_resume import RUN_TIMEOUT, STEPS, check_same_as_uninterrupted, load, read_steps
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS, KILL_AFTER = 10, 7
+KILL_AFTER = 7  # of STEPS = 10, as in test_reliability_resume
 CASES = {
     "demo_pretrain": ["configs/demo/pretrain.yaml"],
     "decomposable": ["configs/demo/pretrain.yaml", "configs/structure/decomposable.yaml"],
@@ -97,12 +97,5 @@ def test_shipped_config_resumes_exactly_mid_epoch(tmp_path, tiny_data, case, wor
     resumed = fit(killed_dir, tiny_data, case, workers, {"out": str(killed_dir / "resumed.jsonl")}, "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
-    full_steps, resumed_steps = read_steps(full_dir / "steps.jsonl"), read_steps(killed_dir / "resumed.jsonl")
-    assert sorted(resumed_steps) == list(range(KILL_AFTER, STEPS + 1))
-    for step, record in resumed_steps.items():
-        assert record["index"] == full_steps[step]["index"], f"step {step} saw other samples"
-        assert record["loss"] == pytest.approx(full_steps[step]["loss"], rel=1e-6), f"step {step}"
-    final, resumed_final = load(full_dir / "ckpt" / "last.ckpt"), load(killed_dir / "ckpt" / "last.ckpt")
-    assert final["global_step"] == resumed_final["global_step"] == STEPS
-    for key in ("state_dict", "optimizer_states", "lr_schedulers"):
-        assert_same_tensors(final[key], resumed_final[key], key)
+    check_same_as_uninterrupted(read_steps(full_dir / "steps.jsonl"), read_steps(killed_dir / "resumed.jsonl"),
+                                full_dir, killed_dir, kill_after=KILL_AFTER)

@@ -182,7 +182,7 @@ def _is_remote(path: Any) -> bool:
     return "://" in str(path)
 
 
-def _earlier_checkpoints(path: Path) -> str:
+def earlier_checkpoints(path: Path) -> str:
     """The other ``.ckpt`` files beside ``path``, newest first, as a hint."""
     with contextlib.suppress(OSError):
         others = sorted(
@@ -243,7 +243,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             return load_checkpoint_file(path)
         except CheckpointError as err:
-            raise CheckpointError(f"{err}{_earlier_checkpoints(Path(path))}") from err.__cause__
+            raise CheckpointError(f"{err}{earlier_checkpoints(Path(path))}") from err.__cause__
 
 
 def _flat(values: Any, prefix: str = "") -> dict[str, Any]:
