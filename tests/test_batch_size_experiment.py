@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from experiments.batch_size import LOSSES, plan, run_cell, summarize, verdicts
+from experiments.batch_size import LOSSES, main, plan, run_cell, summarize, verdicts
 from tests.test_frozen_features import synthetic_features
 
 
@@ -51,3 +53,19 @@ def test_run_cell_trains_the_default_decomposable_loss_on_a_cache(tmp_path):
     run = run_cell(str(cache), "decomposable", 8, 2.0, 0)
     assert run["loss"] == "decomposable" and run["batch"] == 8 and run["steps"] == 2 * (64 // 8)
     assert 0.0 <= run["r1"] <= 100.0 and run["step_saved_bytes"] > 0
+
+
+def test_quick_command_end_to_end_on_a_synthetic_cache(tmp_path, monkeypatch):
+    """``--quick`` through ``main`` (every cell of the quick plan, 2 seeds), on synthetic cached features."""
+    cache = tmp_path / "features.pt"
+    synthetic_features(n_train=32, n_test=16).save(cache)
+    monkeypatch.setattr("experiments.common.ensure_demo_data", lambda path: path)
+    monkeypatch.setattr("experiments.frozen_features.cache_features", lambda data, target: cache)
+    out = tmp_path / "out"
+    assert main(["--quick", "--out", str(out), "--jobs", "1"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["quick"] and summary["seeds"] == 2 and summary["epochs"] == 2.0
+    assert {(r["loss"], r["batch"]) for r in summary["rows"]} == {(loss, b) for loss, b, _ in plan(2.0, quick=True)}
+    for row in summary["rows"]:
+        assert {"loss", "batch", "epochs", "seeds", "r1_mean", "r1_std"} <= set(row) and row["seeds"] == 2
+    assert (out / "batch_size.png").stat().st_size > 1000

@@ -348,7 +348,19 @@ class FakeProcessGroup:
 def test_two_rank_update_is_identical_on_both_ranks_and_equals_one_process(denominator):
     images, texts = raw_dataset(4)
     group = FakeProcessGroup(2)
-    make = lambda: DecomposableLoss(num_samples=6, denominator=denominator, gamma_min=0.5).double()  # noqa: E731
+    def make() -> DecomposableLoss:  # state from "earlier steps", so that u differs from this batch's estimate
+        loss = DecomposableLoss(num_samples=6, denominator=denominator, gamma=0.5, gamma_min=0.5, feature_dim=3,
+                                u_from="previous").double()
+        g = torch.Generator().manual_seed(5)
+        if denominator == "bank":
+            loss.bank_image.copy_(F.normalize(torch.randn(6, 3, generator=g, dtype=torch.float64), dim=-1))
+            loss.bank_text.copy_(F.normalize(torch.randn(6, 3, generator=g, dtype=torch.float64), dim=-1))
+        else:
+            loss.state_i2t.copy_(torch.randn(6, generator=g, dtype=torch.float64))
+            loss.state_t2i.copy_(torch.randn(6, generator=g, dtype=torch.float64))
+        loss.visits.fill_(1)
+        return loss
+
     losses = [make() for _ in range(2)]
     outputs: list = [None, None]
 
@@ -364,6 +376,7 @@ def test_two_rank_update_is_identical_on_both_ranks_and_equals_one_process(denom
     single = make()
     for _ in range(2):
         reference = single(batch_inputs(images, texts, [0, 1, 2, 3]))
+    assert abs(reference.logs["itc_ratio"].item() - 1.0) > 0.01  # the calibration has something to do
     for name, value in single.state_dict().items():
         assert torch.equal(getattr(losses[0], name), getattr(losses[1], name)), name
         torch.testing.assert_close(getattr(losses[0], name), value)

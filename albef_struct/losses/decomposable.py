@@ -289,12 +289,13 @@ class DecomposableLoss(ContrastiveLoss):
                 log_used = self._bank_denominators(inputs, index, positive_logit.detach(), shift.detach())
             else:
                 log_used = self._running_denominators(index, {d: v.detach() for d, v in log_hat.items()}, inputs.gather)
-        if self.calibrate == "batch":  # keep the anchors' relative weights, drop u's common scale
-            log_used = {d: u + torch.logsumexp(log_hat[d].detach() - u, 0) - math.log(u.shape[0]) for d, u in log_used.items()}
+        # logged before calibration: the full-data loss as u sees it, and how far u is from this batch
+        estimate = {d: (u - shift.detach()).mean() for d, u in log_used.items()}
+        ratio = torch.stack([torch.exp(log_hat[d].detach() - log_used[d]) for d in logits]).mean()
+        if self.calibrate == "batch":
+            log_used = self._calibrated(log_used, log_hat, inputs.gather)
         terms = {d: decomposable_terms(positive_logit, log_hat[d], log_used[d], self.form, self.u_factor(log_hat[d]))
                  for d in logits}
-        estimate = {d: terms[d][1].mean() for d in terms}
-        ratio = torch.stack([torch.exp(log_hat[d].detach() - log_used[d]) for d in terms]).mean()
         logs = {"itc_i2t": estimate["i2t"], "itc_t2i": estimate["t2i"],
                 "itc_generalized": (estimate["i2t"] + estimate["t2i"]) / 2, "itc_ratio": ratio}
         if self.denominator == "bank":
@@ -305,6 +306,22 @@ class DecomposableLoss(ContrastiveLoss):
             sim_t2i=logits["t2i"][:, positive],
             logs=logs,
         )
+
+    @staticmethod
+    @torch.no_grad()
+    def _calibrated(
+        log_used: dict[str, torch.Tensor],
+        log_hat: dict[str, torch.Tensor],
+        gather: Callable[[torch.Tensor], torch.Tensor] | None,
+    ) -> dict[str, torch.Tensor]:
+        """``u`` times the (global) batch's mean ``ĝ/u``: the anchors' relative weights stay, u's common scale goes."""
+        out = {}
+        for d, log_u in log_used.items():
+            log_ratio = log_hat[d].detach() - log_u
+            if gather is not None:  # every rank scales by the same, global-batch factor
+                log_ratio = _gathered(gather, log_ratio)
+            out[d] = log_u + torch.logsumexp(log_ratio, 0) - math.log(log_ratio.shape[0])
+        return out
 
     def _checked_index(self, inputs: ContrastiveInputs) -> torch.Tensor:
         if inputs.sample_index is None:
