@@ -35,6 +35,8 @@ import torch
 import yaml
 from pytorch_lightning.callbacks import Callback
 
+from albef_struct.errors import DEBUG_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 TINY_ARCH: dict[str, Any] = {
     "vision": {"img_size": 32, "patch_size": 16, "width": 32, "depth": 1, "heads": 2},
@@ -98,8 +100,11 @@ def fit_command(config: Path, resume: bool) -> list[str]:
 
 
 def environment() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
-            "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    """One thread, offline, and the user's view of errors (no debug tracebacks: the soak checks the message)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    env.pop(DEBUG_ENV, None)
+    return env
 
 
 def steps_done(progress: Path) -> int:
@@ -226,7 +231,7 @@ def soak(out: Path, kills: int, seed: int) -> dict[str, Any]:
         result["kills"] += 1
         result["kills_during_write"] += int(written_since(last.parent / "last.ckpt.tmp", started))
         result["unreadable_last_ckpt"] += int(last.exists() and not loads(last))
-        if result["kills"] == kills // 2:  # the faults mid-run, while there are steps left to train
+        if not result["faults"] and result["kills"] >= kills // 2 and loads(last):  # mid-run, with steps left
             result["faults"]["second_fit_refused"] = second_fit_is_refused(killed, data, steps, last, log)
             result["faults"]["disk_full"] = disk_full_stops_cleanly(killed, data, steps, last)
     final = subprocess.run(fit_command(config, True), cwd=REPO, env=environment(), capture_output=True, text=True,
