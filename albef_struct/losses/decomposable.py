@@ -222,6 +222,7 @@ class DecomposableLoss(ContrastiveLoss):
         self.positive_weight: PositiveWeight = positive_weight
         self.bank_max_age = bank_max_age
         self.calibrate = calibrate
+        self._index_checked = False
         self.generator = generator
         for name in ("state_i2t", "state_t2i"):
             self.register_buffer(name, torch.zeros(0))
@@ -249,6 +250,7 @@ class DecomposableLoss(ContrastiveLoss):
         shapes["written"] = (0 if running else num_samples,)
         for name, shape in shapes.items():
             self._reshape_buffer(name, shape)
+        self._index_checked = False
 
     def _reshape_buffer(self, name: str, shape: tuple[int, ...]) -> None:
         old = getattr(self, name)
@@ -332,9 +334,11 @@ class DecomposableLoss(ContrastiveLoss):
         if self.num_samples == 0:
             raise ValueError("DecomposableLoss has no state: call resize(len(train_dataset)) before training")
         index = inputs.sample_index.to(self.visits.device).long()
-        if index.min() < 0 or index.max() >= self.num_samples:
-            raise ValueError(f"sample_index out of range [0, {self.num_samples}): the loss was sized for another "
-                             "dataset; resize it to len(train_dataset)")
+        if not self._index_checked:  # once (a host sync): the dataset does not change within a run
+            if index.min() < 0 or index.max() >= self.num_samples:
+                raise ValueError(f"sample_index out of range [0, {self.num_samples}): the loss was sized for another "
+                                 "dataset; resize it to len(train_dataset)")
+            self._index_checked = True
         return index
 
     def _bank_denominators(
@@ -351,9 +355,10 @@ class DecomposableLoss(ContrastiveLoss):
         if inputs.gather is not None:
             rows = _gathered(inputs.gather, index)
             ranks_image, ranks_text = _gathered(inputs.gather, image), _gathered(inputs.gather, text)
-        revisited = self.visits[index] > 0
-        self.last_bank_cosine = ((self.bank_text[index] * text).sum(-1)[revisited].mean()
-                                 if revisited.any() else torch.ones((), device=text.device))
+        revisited = (self.visits[index] > 0).to(text.dtype)  # no host sync: a masked mean, 1 when none
+        count = revisited.sum()
+        cosine = ((self.bank_text[index].to(text.dtype) * text).sum(-1) * revisited).sum() / count.clamp(min=1)
+        self.last_bank_cosine = torch.where(count > 0, cosine, torch.ones_like(cosine))
         self.bank_step += 1
         self.bank_image[rows] = ranks_image.to(self.bank_image.dtype)
         self.bank_text[rows] = ranks_text.to(self.bank_text.dtype)
