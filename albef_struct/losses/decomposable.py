@@ -144,26 +144,23 @@ def cosine_gamma(
     return torch.where(visits == 0, torch.ones_like(rate), rate)
 
 
-def decomposable_terms(
+def decomposable_surrogate(
     positive_logit: torch.Tensor,
     log_hat: torch.Tensor,
     log_used: torch.Tensor,
     form: Form = "relative",
     u_factor: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-anchor ``(surrogate, full-data loss estimate)``.
+) -> torch.Tensor:
+    """The per-anchor surrogate whose gradient estimates the full-data loss's.
 
     ``log_hat`` and ``log_used`` are ``log ĝ`` and ``log u`` in the form's coordinates
     (relative: ``log g``; absolute: ``log A = log g + s_ii/τ``). Relative surrogate
     ``ĝ/u``; absolute ``−s_ii/τ + Â/Ā``; ``u_factor`` (detached) multiplies ``1/u``.
     """
-    log_used = log_used.detach().to(log_hat.dtype)
-    weighted = torch.exp(log_hat - log_used)
+    weighted = torch.exp(log_hat - log_used.detach().to(log_hat.dtype))
     if u_factor is not None:
         weighted = u_factor.detach() * weighted
-    if form == "relative":
-        return weighted, log_used
-    return -positive_logit + weighted, (log_used - positive_logit).detach()
+    return weighted if form == "relative" else -positive_logit + weighted
 
 
 class DecomposableLoss(ContrastiveLoss):
@@ -296,14 +293,14 @@ class DecomposableLoss(ContrastiveLoss):
         ratio = torch.stack([torch.exp(log_hat[d].detach() - log_used[d]) for d in logits]).mean()
         if self.calibrate == "batch":
             log_used = self._calibrated(log_used, log_hat, inputs.gather)
-        terms = {d: decomposable_terms(positive_logit, log_hat[d], log_used[d], self.form, self.u_factor(log_hat[d]))
-                 for d in logits}
+        surrogate = {d: decomposable_surrogate(positive_logit, log_hat[d], log_used[d], self.form,
+                                               self.u_factor(log_hat[d])) for d in logits}
         logs = {"itc_i2t": estimate["i2t"], "itc_t2i": estimate["t2i"],
                 "itc_generalized": (estimate["i2t"] + estimate["t2i"]) / 2, "itc_ratio": ratio}
         if self.denominator == "bank":
             logs["itc_bank_cosine"] = self.last_bank_cosine
         return ContrastiveOutput(
-            loss=(terms["i2t"][0].mean() + terms["t2i"][0].mean()) / 2,
+            loss=(surrogate["i2t"].mean() + surrogate["t2i"].mean()) / 2,
             sim_i2t=logits["i2t"][:, positive],
             sim_t2i=logits["t2i"][:, positive],
             logs=logs,
