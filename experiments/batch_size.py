@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="re-summarise the runs of an earlier batch_size.json instead of training")
     args = parser.parse_args(argv)
     if args.from_json is not None:
-        earlier = json.loads(args.from_json.read_text())
+        earlier = read_earlier_runs(args.from_json)
         write_outputs(args.out, earlier["runs"], earlier["epochs"], earlier["seeds"], earlier["quick"],
                       earlier["seconds"], earlier["cache"])
         return 0
@@ -213,6 +213,18 @@ def main(argv: list[str] | None = None) -> int:
                   f"R@1 {run['r1']:6.2f} ({run['train_seconds']:.0f}s)", flush=True)
     write_outputs(args.out, runs, args.epochs, args.seeds, args.quick, time.perf_counter() - start, str(cache))
     return 0
+
+
+def read_earlier_runs(path: Path) -> dict[str, Any]:
+    """A ``batch_size.json`` written by this command; SystemExit naming the file and what is wrong otherwise."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise SystemExit(f"--from-json {path}: cannot read it as JSON ({err}); pass the batch_size.json of a run") from err
+    missing = [key for key in ("runs", "epochs", "seeds", "quick", "seconds", "cache") if key not in earlier]
+    if missing:
+        raise SystemExit(f"--from-json {path}: missing {missing}; pass a batch_size.json (summary.json has no runs)")
+    return earlier
 
 
 def write_outputs(out: Path, runs: list[dict[str, Any]], epochs: float, seeds: int, quick: bool, seconds: float,

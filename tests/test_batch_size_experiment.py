@@ -69,3 +69,12 @@ def test_quick_command_end_to_end_on_a_synthetic_cache(tmp_path, monkeypatch):
     for row in summary["rows"]:
         assert {"loss", "batch", "epochs", "seeds", "r1_mean", "r1_std"} <= set(row) and row["seeds"] == 2
     assert (out / "batch_size.png").stat().st_size > 1000
+
+
+def test_from_json_refuses_a_file_without_runs(tmp_path):
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"rows": []}))
+    with pytest.raises(SystemExit, match=r"summary.json: missing \['runs'"):
+        main(["--from-json", str(summary), "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="cannot read it as JSON"):
+        main(["--from-json", str(tmp_path / "none.json"), "--out", str(tmp_path / "out")])
