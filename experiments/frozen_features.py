@@ -54,6 +54,7 @@ from albef_struct.metrics.probe import linear_probe_accuracy
 from albef_struct.metrics.retrieval import retrieval_metrics
 from albef_struct.models.albef import TEMP_MAX, TEMP_MIN
 from albef_struct.models.momentum import FeatureQueue, MomentumTeacher
+from albef_struct.structure import LatentFeatures, StructureLosses
 
 CACHE_VERSION = 1
 #: attributes of ``attributes_{split}.json`` used as probe labels, under the names reported
@@ -82,6 +83,10 @@ class FrozenFeatures:
     test_labels: dict[str, torch.Tensor] = field(default_factory=dict)  # attribute -> [M_img] long
     label_names: dict[str, list[str]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    #: optional: one train-transform (augmented) view per train image, ``[N_img, D_img]``
+    train_image_aug: torch.Tensor | None = None
+    #: optional: for each pair, another pair (caption) of the same image, ``[N_pairs]`` long
+    pair_sibling: torch.Tensor | None = None
 
     @property
     def num_pairs(self) -> int:
@@ -103,7 +108,8 @@ def default_cache_path(data_dir: Path, image_res: int = 98) -> Path:
     return Path(data_dir) / f"frozen_features_small_r{image_res}.pt"
 
 
-def cache_metadata(data_dir: Path, image_res: int, max_tokens: int) -> dict[str, Any]:
+def cache_metadata(data_dir: Path, image_res: int, max_tokens: int,
+                   attributes: dict[str, str] | None = None) -> dict[str, Any]:
     """What a cache depends on; a stored cache is reused only when all of it matches."""
     from experiments.common import small_preset
 
@@ -119,11 +125,13 @@ def cache_metadata(data_dir: Path, image_res: int, max_tokens: int) -> dict[str,
         "vision": arch.vision.timm_model,
         "text_init": text_init,
         "text_pooling": arch.text_pooling,
+        **({"attributes": dict(attributes)} if attributes and attributes != PROBE_ATTRIBUTES else {}),
     }
 
 
 def cache_features(data_dir: Path, cache: Path, image_res: int = 98, max_tokens: int = 40,
-                   device: str | torch.device = "cpu", batch_size: int = ENCODE_BATCH) -> Path:
+                   device: str | torch.device = "cpu", batch_size: int = ENCODE_BATCH,
+                   attributes: dict[str, str] | None = None) -> Path:
     """Encode ``data_dir``'s pretraining pairs and retrieval test split once; return ``cache``.
 
     Idempotent: an existing ``cache`` whose metadata (manifest hash, ``image_res``,
@@ -134,12 +142,13 @@ def cache_features(data_dir: Path, cache: Path, image_res: int = 98, max_tokens:
     captions also name first); every image has one.
     """
     data_dir, cache = Path(data_dir), Path(cache)
-    meta = cache_metadata(data_dir, image_res, max_tokens)
+    meta = cache_metadata(data_dir, image_res, max_tokens, attributes)
     if cache.is_file() and _stored_meta(cache) == meta:
         print(f"frozen features: {cache} is up to date")
         return cache
     start = time.perf_counter()
-    features = _encode_all(data_dir, image_res, max_tokens, torch.device(device), batch_size)
+    features = _encode_all(data_dir, image_res, max_tokens, torch.device(device), batch_size,
+                           attributes or PROBE_ATTRIBUTES)
     seconds = time.perf_counter() - start
     features.meta = {**meta, "encode_seconds": seconds, "data_dir": str(data_dir)}
     features.save(cache)
@@ -159,7 +168,7 @@ def _stored_meta(cache: Path) -> dict[str, Any] | None:
 
 
 def _encode_all(data_dir: Path, image_res: int, max_tokens: int, device: torch.device,
-                batch_size: int) -> FrozenFeatures:
+                batch_size: int, attributes: dict[str, str]) -> FrozenFeatures:
     from albef_struct.data import PretrainDataModule, PretrainDataset
     from albef_struct.data.text import pre_caption
 
@@ -181,7 +190,7 @@ def _encode_all(data_dir: Path, image_res: int, max_tokens: int, device: torch.d
     model = _frozen_encoders(image_res).to(device)
     tokenize = lambda texts: dm.tokenizer(texts, max_length=max_tokens, padding="longest", truncation=True)  # noqa: E731
     labels, names = _probe_labels(data_dir, [train.records[r]["image"] for r in train_rows],
-                                  [r["image"] for r in test.records])
+                                  [r["image"] for r in test.records], attributes)
     return FrozenFeatures(
         train_image=_encode_images(model, lambda i: train.load(train_rows[i]), len(train_rows), device, batch_size),
         pair_image=torch.tensor(pair_image, dtype=torch.long),
@@ -229,16 +238,16 @@ def _encode_texts(model: nn.Module, tokenize: Callable[[list[str]], dict[str, to
     return torch.cat(out)
 
 
-def _probe_labels(data_dir: Path, train_images: list[str], test_images: list[str],
+def _probe_labels(data_dir: Path, train_images: list[str], test_images: list[str], attributes: dict[str, str],
                   ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, list[str]]]:
-    """Per-image integer labels of :data:`PROBE_ATTRIBUTES`, one vocabulary across both splits."""
+    """Per-image integer labels of ``attributes`` (probe name -> attribute key), one vocabulary across both splits."""
     records = {}
     for split, images in (("train", train_images), ("test", test_images)):
         by_image = {r["image"]: r for r in json.loads((data_dir / f"attributes_{split}.json").read_text())}
         records[split] = [by_image[image] for image in images]
     labels: dict[str, dict[str, torch.Tensor]] = {"train": {}, "test": {}}
     names: dict[str, list[str]] = {}
-    for name, key in PROBE_ATTRIBUTES.items():
+    for name, key in attributes.items():
         names[name] = sorted({str(r[key]) for split in records.values() for r in split})
         for split, recs in records.items():
             labels[split][name] = torch.tensor([names[name].index(str(r[key])) for r in recs], dtype=torch.long)
@@ -258,10 +267,13 @@ class ProjectionHeads(nn.Module):
     temp: torch.Tensor
 
     def __init__(self, image_dim: int = 384, text_dim: int = 384, embed_dim: int = 256, hidden: int = 0,
-                 learn_temp: bool = True, temp: float = 0.07) -> None:
+                 learn_temp: bool = True, temp: float = 0.07, private: bool = False) -> None:
         super().__init__()
         self.image_head = _head(image_dim, embed_dim, hidden)
         self.text_head = _head(text_dim, embed_dim, hidden)
+        # feature separation's private ("independent") heads, parallel to the shared ones
+        self.image_private_head = _head(image_dim, embed_dim, hidden) if private else None
+        self.text_private_head = _head(text_dim, embed_dim, hidden) if private else None
         if learn_temp:
             self.temp = nn.Parameter(torch.tensor(float(temp)))
         else:
@@ -275,6 +287,16 @@ class ProjectionHeads(nn.Module):
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.embed_image(image), self.embed_text(text)
+
+    def private(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """L2-normalised private features (needs ``private=True``)."""
+        if self.image_private_head is None or self.text_private_head is None:
+            raise ValueError("these heads were built without private heads (private=False)")
+        return F.normalize(self.image_private_head(image), dim=-1), F.normalize(self.text_private_head(text), dim=-1)
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The shared projections' parameters (what the contrastive loss trains)."""
+        return [*self.image_head.parameters(), *self.text_head.parameters()]
 
     @torch.no_grad()
     def clamp_temperature(self) -> None:
@@ -291,18 +313,47 @@ def _head(in_dim: int, out_dim: int, hidden: int) -> nn.Module:
 
 @dataclass
 class _Queued:
-    """The ``infonce_queue`` extras: EMA teacher of the heads and its feature queue."""
+    """The EMA teacher of the heads, and (``infonce_queue``) its feature queue and distillation weight."""
 
     teacher: MomentumTeacher
-    queue: FeatureQueue
+    queue: FeatureQueue | None
     alpha: float
     alpha_warmup_steps: int
+
+
+@dataclass
+class Regularization:
+    """A latent-structure regularizer added to the contrastive loss of :func:`train_heads`.
+
+    ``view`` is where the regularizer's augmented features come from: ``"teacher"``, the
+    EMA of the heads on the same inputs (ALBEF's momentum features, no gradient), or
+    ``"second_view"``, the online heads on a second train-transform view of the image
+    (``FrozenFeatures.train_image_aug``) and another caption of the same image
+    (``pair_sibling``), with gradient. ``grad_norm_steps``: steps at which the gradient
+    norm of the contrastive loss and of each weighted regularizer term on the shared
+    heads is recorded (``grad_norms`` in the result).
+    """
+
+    losses: StructureLosses
+    view: str = "teacher"
+    grad_norm_steps: tuple[int, ...] = (0, 100)
+
+    def __post_init__(self) -> None:
+        if self.view not in ("teacher", "second_view"):
+            raise ValueError(f"Regularization.view must be 'teacher' or 'second_view', got {self.view!r}")
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.losses.needs_aug and self.view == "teacher"
 
 
 def train_heads(features: FrozenFeatures, loss: ContrastiveLoss, batch_size: int, epochs: float, seed: int,
                 lr: float = 1e-3, weight_decay: float = 0.02, hidden: int = 0, learn_temp: bool = True, *,
                 embed_dim: int = 256, queue_size: int = 4096, alpha: float = 0.4, alpha_warmup: bool = True,
-                momentum: float = 0.995, probe: bool = True, device: str | torch.device = "cpu") -> dict[str, Any]:
+                momentum: float = 0.995, probe: bool = True, device: str | torch.device = "cpu",
+                regularization: Regularization | None = None,
+                evaluate: Callable[[ProjectionHeads, FrozenFeatures], dict[str, Any]] | None = None,
+                ) -> dict[str, Any]:
     """Train fresh :class:`ProjectionHeads` on ``features`` with ``loss``; return test and train metrics.
 
     ``round(epochs * steps_per_epoch)`` AdamW steps of ``batch_size`` pairs
@@ -314,6 +365,9 @@ def train_heads(features: FrozenFeatures, loss: ContrastiveLoss, batch_size: int
     ``infonce_queue`` (``loss.uses_queue``) also keeps an EMA teacher (``momentum``) of
     the heads and a ``queue_size`` feature queue; its distillation weight ramps from 0 to
     ``alpha`` over the first epoch when ``alpha_warmup`` (ALBEF's schedule).
+    ``regularization`` adds a latent-structure regularizer (private heads and an EMA
+    teacher are built when it needs them); ``evaluate(heads, features)`` adds its own
+    metrics to the result after training.
 
     Returns (recalls in percent): ``i2t_r1/r5`` (an image's hit: any of its captions at
     rank <= k), ``t2i_r1/r5``, ``r1`` (their R@1 mean), ``train_infonce`` (symmetric CE
@@ -336,22 +390,25 @@ def train_heads(features: FrozenFeatures, loss: ContrastiveLoss, batch_size: int
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
+        private = regularization is not None and regularization.losses.needs_private
         heads = ProjectionHeads(features.train_image.shape[1], features.train_text.shape[1], embed_dim,
-                                hidden, learn_temp).to(device)
+                                hidden, learn_temp, private=private).to(device)
         loss = _prepared_loss(loss, features.num_pairs, embed_dim, device)
         queued = None
-        if loss.uses_queue or loss.uses_teacher:
+        if loss.uses_queue or loss.uses_teacher or (regularization is not None and regularization.needs_teacher):
             warm = steps_per_epoch if alpha_warmup else 0
-            queued = _Queued(MomentumTeacher(heads, momentum, exclude=("temp",)),
-                             FeatureQueue(embed_dim, queue_size, generator=generator).to(device), alpha, warm)
+            queue = FeatureQueue(embed_dim, queue_size, generator=generator).to(device) if loss.uses_queue else None
+            queued = _Queued(MomentumTeacher(heads, momentum, exclude=("temp",)), queue, alpha, warm)
         data = _on_device(features, device)
         start = time.perf_counter()
         stats = _train_loop(heads, loss, queued, data, batch_size, total_steps, generator,
-                            lr, weight_decay, device)
+                            lr, weight_decay, device, regularization)
         train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     heads.clamp_temperature()
     metrics = evaluate_heads(heads, data, probe=probe)
+    if evaluate is not None:
+        metrics.update(evaluate(heads, data))
     epochs_done = total_steps / steps_per_epoch
     return {
         **metrics, **stats,
@@ -384,7 +441,7 @@ def _on_device(features: FrozenFeatures, device: torch.device) -> FrozenFeatures
     return FrozenFeatures(**moved)
 
 
-def _optimizer(heads: ProjectionHeads, loss: ContrastiveLoss, lr: float, weight_decay: float) -> torch.optim.AdamW:
+def _optimizer(heads: ProjectionHeads, loss: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
     params = [p for p in list(heads.parameters()) + list(loss.parameters()) if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     rest = [p for p in params if p.dim() < 2]
@@ -414,16 +471,21 @@ def pair_batches(num_pairs: int, batch_size: int, total_steps: int, generator: t
 
 def _train_loop(heads: ProjectionHeads, loss: ContrastiveLoss, queued: _Queued | None, data: FrozenFeatures,
                 batch_size: int, total_steps: int, generator: torch.Generator, lr: float, weight_decay: float,
-                device: torch.device) -> dict[str, float]:
-    optimizer = _optimizer(heads, loss, lr, weight_decay)
+                device: torch.device, regularization: Regularization | None = None) -> dict[str, Any]:
+    extra = regularization.losses if regularization is not None else nn.Module()
+    optimizer = _optimizer(heads, nn.ModuleList([loss, extra]), lr, weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total_steps))
     heads.train()
     tail_from = total_steps - max(1, total_steps // 10)
-    tail_sum, memory = torch.zeros((), device=device), {}
+    tail_sum, memory, grad_norms = torch.zeros((), device=device), {}, {}
+    record = set(regularization.grad_norm_steps) if regularization is not None else set()
     for step, index in enumerate(pair_batches(data.num_pairs, batch_size, total_steps, generator)):
         index = index.to(device)
         with _SavedTensorMeter(heads, loss, device) if step == 0 else contextlib.nullcontext() as meter:
-            value = _loss_step(heads, loss, queued, data, index, step)
+            parts = _loss_step(heads, loss, queued, data, index, step, regularization)
+            if step in record:
+                grad_norms[str(step)] = shared_gradient_norms(heads, parts)
+            value = sum(parts.values())
             optimizer.zero_grad(set_to_none=True)
             value.backward()
         if step == 0:
@@ -434,30 +496,77 @@ def _train_loop(heads: ProjectionHeads, loss: ContrastiveLoss, queued: _Queued |
             tail_sum += value.detach()
     heads.clamp_temperature()
     last = float(tail_sum) / max(1, total_steps - tail_from) if total_steps else float("nan")
-    return {"last_loss": last, **memory}
+    return {"last_loss": last, **memory, **({"grad_norms": grad_norms} if grad_norms else {})}
+
+
+def shared_gradient_norms(heads: ProjectionHeads, parts: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The L2 norm of each loss part's gradient on the shared heads (graph kept for the real backward)."""
+    params = heads.shared_parameters()
+    norms = {}
+    for name, part in parts.items():
+        grads = torch.autograd.grad(part, params, retain_graph=True, allow_unused=True)
+        norms[name] = float(torch.sqrt(sum((g.pow(2).sum() for g in grads if g is not None), torch.zeros(()))))
+    return norms
 
 
 def _loss_step(heads: ProjectionHeads, loss: ContrastiveLoss, queued: _Queued | None, data: FrozenFeatures,
-               index: torch.Tensor, step: int) -> torch.Tensor:
-    """The loss of one batch of pair indices; updates the teacher before and the queue after, as ALBEF."""
+               index: torch.Tensor, step: int, regularization: Regularization | None = None,
+               ) -> dict[str, torch.Tensor]:
+    """The loss parts of one batch of pair indices: ``contrastive`` and each weighted regularizer term.
+
+    Updates the teacher before and the queue after, as ALBEF.
+    """
     heads.clamp_temperature()
     image_x, text_x = data.train_image[data.pair_image[index]], data.train_text[index]
     image_feat, text_feat = heads(image_x, text_x)
     inputs = ContrastiveInputs(image_feat=image_feat, text_feat=text_feat, temp=heads.temp, sample_index=index)
-    if queued is None:
-        return loss(inputs).loss
-    with torch.no_grad():
-        queued.teacher.update(heads)
-        teacher = queued.teacher.model
-        image_m, text_m = teacher.embed_image(image_x), teacher.embed_text(text_x)
-    ramp = min(1.0, step / queued.alpha_warmup_steps) if queued.alpha_warmup_steps else 1.0
-    image_ids = data.pair_image[index]
-    inputs.image_feat_m, inputs.text_feat_m = image_m, text_m
-    inputs.image_queue, inputs.text_queue = queued.queue.image_feats, queued.queue.text_feats
-    inputs.alpha, inputs.image_ids, inputs.queue_ids = queued.alpha * ramp, image_ids, queued.queue.idx
-    value = loss(inputs).loss
-    queued.queue.enqueue(image_m, text_m, image_ids)
-    return value
+    if queued is not None:
+        with torch.no_grad():
+            queued.teacher.update(heads)
+            teacher = queued.teacher.model
+            inputs.image_feat_m, inputs.text_feat_m = teacher.embed_image(image_x), teacher.embed_text(text_x)
+    parts = {}
+    if queued is not None and queued.queue is not None:
+        ramp = min(1.0, step / queued.alpha_warmup_steps) if queued.alpha_warmup_steps else 1.0
+        image_ids = data.pair_image[index]
+        inputs.image_queue, inputs.text_queue = queued.queue.image_feats, queued.queue.text_feats
+        inputs.alpha, inputs.image_ids, inputs.queue_ids = queued.alpha * ramp, image_ids, queued.queue.idx
+        parts["contrastive"] = loss(inputs).loss
+        queued.queue.enqueue(inputs.image_feat_m, inputs.text_feat_m, image_ids)
+    else:
+        parts["contrastive"] = loss(inputs).loss
+    if regularization is not None:
+        feats = _latent_features(heads, queued, data, index, inputs, regularization)
+        parts.update(regularization.losses.weighted_terms(feats))
+    return parts
+
+
+def _latent_features(heads: ProjectionHeads, queued: _Queued | None, data: FrozenFeatures, index: torch.Tensor,
+                     inputs: ContrastiveInputs, regularization: Regularization) -> LatentFeatures:
+    """What the regularizer sees: shared embeddings, the augmented view and (if needed) private features."""
+    losses = regularization.losses
+    image_x, text_x = data.train_image[data.pair_image[index]], data.train_text[index]
+    feats = LatentFeatures(image=inputs.image_feat, text=inputs.text_feat, temp=heads.temp)
+    if losses.needs_private:
+        feats.image_private, feats.text_private = heads.private(image_x, text_x)
+    if not losses.needs_aug:
+        return feats
+    if regularization.view == "teacher":
+        assert queued is not None
+        feats.image_aug, feats.text_aug = inputs.image_feat_m, inputs.text_feat_m
+        if losses.needs_private:
+            with torch.no_grad():
+                feats.image_private_aug, feats.text_private_aug = queued.teacher.model.private(image_x, text_x)
+        return feats
+    if data.train_image_aug is None or data.pair_sibling is None:
+        raise ValueError("view='second_view' needs FrozenFeatures.train_image_aug and pair_sibling; "
+                         "build the features with experiments.regularizers (it caches both)")
+    image_xa = data.train_image_aug[data.pair_image[index]]
+    text_xa = data.train_text[data.pair_sibling[index]]
+    feats.image_aug, feats.text_aug = heads(image_xa, text_xa)
+    if losses.needs_private:
+        feats.image_private_aug, feats.text_private_aug = heads.private(image_xa, text_xa)
+    return feats
 
 
 class _SavedTensorMeter:

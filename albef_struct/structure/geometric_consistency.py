@@ -19,9 +19,16 @@ class GeometricConsistencyLoss(StructureLoss):
     * ``paired_match`` — ``(1/N) Σ_j (⟨z_Vj, z_Tj⟩ − ⟨z_Vj^a, z_Tj^a⟩)²``
 
     ``L_GC`` = the first two, ``L_GC^a`` = the last two; all unit-weighted as printed.
+    ``<term>_weight`` re-weights one term in ``forward`` (0 drops it, for ablations).
     """
 
     needs_aug = True
+
+    def __init__(self, cross_symmetry_weight: float = 1.0, intra_match_weight: float = 1.0,
+                 aug_match_weight: float = 1.0, paired_match_weight: float = 1.0) -> None:
+        super().__init__()
+        self.term_weights = {"cross_symmetry": cross_symmetry_weight, "intra_match": intra_match_weight,
+                             "aug_match": aug_match_weight, "paired_match": paired_match_weight}
 
     def terms(self, feats: LatentFeatures) -> dict[str, torch.Tensor]:
         image, text, image_aug, text_aug = feats.require(type(self).__name__, "image", "text", "image_aug", "text_aug")

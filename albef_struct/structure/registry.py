@@ -88,6 +88,17 @@ class StructureLosses(nn.Module):
             logs[name] = weighted.detach()
         return total, logs
 
+    def weighted_terms(self, feats: LatentFeatures) -> dict[str, torch.Tensor]:
+        """Every term as ``"<name>/<term>"``, times its regularizer's and its own weight (graph kept).
+
+        Their sum is ``forward``'s total; used to measure each term's share of the gradient.
+        """
+        out = {}
+        for name, loss in self.losses.items():
+            for term, value in loss.terms(feats).items():
+                out[f"{name}/{term}"] = self.weights[name] * loss.term_weights.get(term, 1.0) * value
+        return out
+
 
 def _spec_from_mapping(spec: Mapping[str, Any]) -> StructureSpec:
     unknown = sorted(set(spec) - {"name", "weight", "args"})
