@@ -1,6 +1,6 @@
 """Official ALBEF checkpoints: reading files, key mapping for every layout, import onto any task, export.
 
-ALBEF released its weights in three layouts (see ``ALBEF_REFERENCE.md`` §3):
+ALBEF released its weights in three layouts (the README's "Checkpoints" section lists the files):
 
 * ``pretrain``: ``{'model': state, 'optimizer', ...}`` with ``text_encoder.bert.*``, the MLM
   head ``text_encoder.cls.*``, momentum copies ``*_m`` and the feature queues

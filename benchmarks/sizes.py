@@ -32,7 +32,7 @@ SIZES: dict[str, Size] = {
         TextConfig(hidden=192, layers=6, fusion_layer=3, heads=3, intermediate=768),
         batch=32,
         text_len=25,
-        note="ViT 192x4 @64px + BERT h192 3+3 (ENVIRONMENT.md's tiny)",
+        note="ViT 192x4 @64px + BERT h192 3+3 (the environment notes' tiny size)",
     ),
     "small": Size(
         "small",

@@ -1,8 +1,8 @@
 """Gradient bias of minibatch InfoNCE vs the decomposable loss on a synthetic problem.
 
-The seed article (SEED_ARTICLE.md) reports 10 runs on noisy synthetic data where the
+The NeurIPS 2022 paper's blog post reports 10 runs on noisy synthetic data where the
 decomposable loss converges to the optimum 1.0 and the conventional loss does not.
-Its setup is unpublished (LOSSES_REFERENCE.md §2.5); this is a first-principles one.
+Its setup is unpublished; this is a first-principles one.
 
 **Problem.** Pairs on the unit circle: an image ``x = (cos α, sin α)``, ``α ~ U[0, 2π)``,
 and its text ``y`` at angle ``α + δ``. The injected noise is label noise: with

@@ -21,9 +21,9 @@ torch.set_num_threads(1)
 from albef_struct.models import ALBEFConfig, TextConfig, VisionConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-PARITY_DIR = SHARED / "fixtures" / "albef_parity" / "A"
-KEYS_FILE = SHARED / "fixtures" / "albef_keys" / "pretrain_keys.json"
+FIXTURES = REPO / "tests" / "fixtures"  # outputs of the original ALBEF code; see tests/fixtures/README.md
+PARITY_DIR = FIXTURES / "albef_parity" / "A"
+KEYS_FILE = FIXTURES / "albef_keys" / "pretrain_keys.json"
 
 
 def tiny_config(**overrides) -> ALBEFConfig:
@@ -46,7 +46,7 @@ def tiny_arch() -> ALBEFConfig:
 def parity_config() -> ALBEFConfig:
     """The architecture of the ALBEF parity fixture A, read from its config.json."""
     if not PARITY_DIR.is_dir():
-        raise FileNotFoundError(f"parity fixture missing: expected {PARITY_DIR} (../shared beside the repo)")
+        raise FileNotFoundError(f"parity fixture missing: expected {PARITY_DIR} (part of the repository)")
     config = json.loads((PARITY_DIR / "config.json").read_text())
     arch, ids = config["architecture"], config["special_ids"]
     return ALBEFConfig(

@@ -1,4 +1,4 @@
-"""SigLIP's pairwise sigmoid loss (LOSSES_REFERENCE.md §3), in the code form that was trained."""
+"""SigLIP's pairwise sigmoid loss (Zhai et al., 2023), in the form its released code trains."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pluggable latent-structure regularizers (LOSSES_REFERENCE.md §1.3–1.6) and their registry."""
+"""Pluggable latent-structure regularizers (equations: docs/regularizers.md) and their registry."""
 
 from albef_struct.structure.base import LatentFeatures, StructureLoss
 from albef_struct.structure.brownian_bridge import BrownianBridgeLoss, bridge_point

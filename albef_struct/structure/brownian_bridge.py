@@ -1,4 +1,4 @@
-"""Brownian-bridge regularizer ``L_Br`` (LOSSES_REFERENCE.md §1.4)."""
+"""Brownian-bridge regularizer ``L_Br`` (docs/regularizers.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Deep feature separation ``L_Sep = L_Ortho + L_Con^i + L_Uni^i`` (LOSSES_REFERENCE.md §1.3)."""
+"""Deep feature separation ``L_Sep = L_Ortho + L_Con^i + L_Uni^i`` (docs/regularizers.md)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ class FeatureSeparationLoss(StructureLoss):
     * ``ortho`` — ``(1/N) Σ_j (⟨z_Vj, z_Vj^i⟩² + ⟨z_Tj, z_Tj^i⟩²)``: each sample's
       private feature against its own shared feature (not a batch Frobenius norm).
     * ``private_nce`` — ``L_V2V^i + L_T2T^i``, in-modal InfoNCE on private features.
-      Printed typo resolved (§1.3, §4.2): the printed numerator ``⟨z_Vj^i, z_Vj^i⟩``
+      Printed typo resolved (docs/regularizers.md): the printed numerator ``⟨z_Vj^i, z_Vj^i⟩``
       is a constant ``1/τ``; the positive is the augmented view's private feature
       ``z_Vj^{i,a}`` and the denominator runs over the augmented private features,
-      as in ``L_V2V`` with CyCLIP's keys (§1.1). Temperature: ``temperature`` if
+      as in the paper's cross-modal ``L_V2V``. Temperature: ``temperature`` if
       given, else ``feats.temp``.
     * ``uniformity`` — ``log (1/Z) Σ_j Σ_k [G_t(z_Vj^i, z_Vk^i) + G_t(z_Tj^i, z_Tk^i)]``
       with ``G_t(u, v) = exp(−t‖u − v‖²)``, ``t = 2``, diagonal included as printed.

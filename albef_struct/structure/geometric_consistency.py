@@ -1,4 +1,4 @@
-"""Geometric consistency ``L_GC + L_GC^a`` (LOSSES_REFERENCE.md §1.5)."""
+"""Geometric consistency ``L_GC + L_GC^a`` (docs/regularizers.md)."""
 
 from __future__ import annotations
 
