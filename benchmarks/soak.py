@@ -197,7 +197,7 @@ def kill_after_next_step(command: list[str], progress: Path, delay: float, log: 
 
 
 def soak(out: Path, kills: int, seed: int) -> dict[str, Any]:
-    from data_prep.demo_data import generate
+    from albef_struct.data_prep.demo_data import generate
 
     rng = random.Random(seed)
     data = out / "data"

@@ -17,7 +17,7 @@ from albef_struct.data import PretrainDataModule
 from albef_struct.lit.pretrain import PretrainModule
 from albef_struct.lit.schedule import OptimConfig
 from albef_struct.models import ALBEFConfig, TextConfig, VisionConfig
-from data_prep.demo_data import generate
+from albef_struct.data_prep.demo_data import generate
 
 
 SMALL_PRESET = Path(__file__).resolve().parents[1] / "configs/model/small.yaml"
@@ -44,7 +44,7 @@ def experiment_arch(preset: str, image_res: int, private_heads: bool = False) ->
                              f"image_res {image_res} is not a multiple")
         if not Path(arch.vision.pretrained_file).is_file():
             raise FileNotFoundError(f"{arch.vision.pretrained_file} is missing: "
-                                    "run `python -m data_prep.convert_dinov2_onnx` first")
+                                    "run `python -m albef_struct.data_prep.convert_dinov2_onnx` first")
         arch = replace(arch, vision=replace(arch.vision, img_size=image_res),
                        text=replace(arch.text, max_position=64), private_heads=private_heads)
         return arch, text_init

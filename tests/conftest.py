@@ -79,7 +79,7 @@ def load_fixture(name: str):
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
     """A small generated demo dataset (every task's files, 64 px images), shared by the CLI tests."""
-    from data_prep.demo_data import generate
+    from albef_struct.data_prep.demo_data import generate
 
     out = tmp_path_factory.mktemp("demo")
     generate(out, seed=0, image_size=64, n_train=48, n_val=8, n_test=8)

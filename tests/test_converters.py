@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.convert_coco_flickr import ConversionError, convert_karpathy
-from data_prep.convert_coco_flickr import main as karpathy_main
-from data_prep.convert_nlvr2 import convert_nlvr2, nlvr2_image_names
-from data_prep.convert_snli_ve import convert_snli_ve
-from data_prep.convert_snli_ve import main as snli_main
-from data_prep.convert_vqa import build_answer_list, convert_vqa
+from albef_struct.data_prep.convert_coco_flickr import ConversionError, convert_karpathy
+from albef_struct.data_prep.convert_coco_flickr import main as karpathy_main
+from albef_struct.data_prep.convert_nlvr2 import convert_nlvr2, nlvr2_image_names
+from albef_struct.data_prep.convert_snli_ve import convert_snli_ve
+from albef_struct.data_prep.convert_snli_ve import main as snli_main
+from albef_struct.data_prep.convert_vqa import build_answer_list, convert_vqa
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -422,7 +422,7 @@ def test_nlvr2_errors_name_file_line_and_field(tmp_path: Path) -> None:
 def test_nlvr2_cli_as_module(tmp_path: Path) -> None:
     src = _write_lines(tmp_path / "dev.json", NLVR2_DEV_LINES)
     out = tmp_path / "nlvr_dev.json"
-    done = subprocess.run([sys.executable, "-m", "data_prep.convert_nlvr2", "--input", str(src), "--out", str(out)],
+    done = subprocess.run([sys.executable, "-m", "albef_struct.data_prep.convert_nlvr2", "--input", str(src), "--out", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "pairs" in done.stdout and len(_read(out)) == 2

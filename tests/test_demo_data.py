@@ -1,4 +1,4 @@
-"""Tests of the shapes-world demo data generator (``data_prep``).
+"""Tests of the shapes-world demo data generator (``albef_struct.data_prep``).
 
 Texts are checked against the saved object labels by small independent parsers, so a
 template that states something false about its scene fails here.
@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep import captions as T
-from data_prep import demo_data as D
-from data_prep.shapes import (COLOURS, MATERIALS, PATTERNS, POSITIONS, SHAPES, Scene, SceneObject,
+from albef_struct.data_prep import captions as T
+from albef_struct.data_prep import demo_data as D
+from albef_struct.data_prep.shapes import (COLOURS, MATERIALS, PATTERNS, POSITIONS, SHAPES, Scene, SceneObject,
                               object_geometry, render_scene, sample_scene)
 
 SIZES = dict(n_train=40, n_val=12, n_test=12)

@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (make install adds it)")
 
-from data_prep import convert_dinov2_onnx as conv  # noqa: E402
+from albef_struct.data_prep import convert_dinov2_onnx as conv  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests of the easy-vqa converter (``data_prep.easy_vqa_convert``) on the installed package."""
+"""Tests of the easy-vqa converter (``albef_struct.data_prep.easy_vqa_convert``) on the installed package."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from PIL import Image
 
 easy_vqa = pytest.importorskip("easy_vqa")
 
-from data_prep import easy_vqa_convert as E  # noqa: E402
+from albef_struct.data_prep import easy_vqa_convert as E  # noqa: E402
 
 LIMIT = 50
 

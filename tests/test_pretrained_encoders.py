@@ -223,7 +223,7 @@ def test_cli_fit_from_pretrained_files_then_test_without_them(tmp_path, capsys, 
     import yaml
 
     from albef_struct.cli import main
-    from data_prep.demo_data import generate
+    from albef_struct.data_prep.demo_data import generate
 
     demo = tmp_path / "demo"
     generate(demo, seed=0, image_size=64, n_train=32, n_val=8, n_test=8)

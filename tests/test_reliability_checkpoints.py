@@ -21,7 +21,7 @@ from albef_struct.cli import main
 from albef_struct.data import PretrainDataModule
 from albef_struct.lit import PretrainModule
 from albef_struct.lit.reliability import AtomicCheckpointIO, NonFiniteCheckpointError
-from data_prep.demo_data import generate
+from albef_struct.data_prep.demo_data import generate
 from tests.reliability_helpers import TINY_ARCH, one_thread, tiny_config, write_config  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -18,7 +18,7 @@ from pytorch_lightning.callbacks import Callback
 
 from albef_struct.cli import main
 from albef_struct.lit.validation import ConfigError
-from data_prep.demo_data import generate
+from albef_struct.data_prep.demo_data import generate
 from tests.reliability_helpers import merge, one_thread, tiny_config, write_config  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]

@@ -26,7 +26,7 @@ from albef_struct.lit.reliability import (
     NonFiniteGuard,
     NonFiniteLossError,
 )
-from data_prep.demo_data import generate
+from albef_struct.data_prep.demo_data import generate
 from tests.reliability_helpers import TINY_ARCH, one_thread, tiny_config, write_config  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]

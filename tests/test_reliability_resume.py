@@ -34,7 +34,7 @@ import yaml
 from pytorch_lightning.callbacks import Callback
 
 from albef_struct.data import PretrainDataModule
-from data_prep.demo_data import generate
+from albef_struct.data_prep.demo_data import generate
 from tests.reliability_helpers import TINY_ARCH
 
 
@@ -289,7 +289,7 @@ def test_under_ddp_lightning_rebuilds_the_loader_and_a_mid_epoch_resume_warns(de
     rebuilt = _update_dataloader(loader, sampler, mode=RunningStage.TRAINING)  # what Lightning does for DDP
     assert isinstance(rebuilt, ResumableDataLoader) and not rebuilt.resumable
     assert len([b["index"] for b in rebuilt]) == 4  # rank 1's half
-    with caplog.at_level("WARNING", logger="albef_struct.data.datamodules"):
+    with caplog.at_level("WARNING", logger="albef_struct.data.loaders"):
         rebuilt.load_state_dict({"epoch": 0, "batches": 2, "length": 4})
     assert "this epoch's data order starts again from its beginning" in caplog.text
     assert len(list(rebuilt)) == 4

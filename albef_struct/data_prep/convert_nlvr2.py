@@ -1,6 +1,6 @@
 """Convert an official NLVR2 JSON-lines file (train.json, dev.json, test1.json) to ALBEF's format.
 
-    python -m data_prep.convert_nlvr2 --input nlvr2/data/dev.json --out data/nlvr/nlvr_dev.json
+    python -m albef_struct.data_prep.convert_nlvr2 --input nlvr2/data/dev.json --out data/nlvr/nlvr_dev.json
 
 Input lines: ``{"identifier": "dev-850-0-0", "sentence", "label": "True"|"False",
 "directory"?: 51, ...}``. Output: ``[{"images": [p0, p1], "sentence", "label"}]`` where
@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from data_prep._io import field, iter_jsonl, print_counts, where_error, write_json_list
+from albef_struct.data_prep._io import field, iter_jsonl, print_counts, where_error, write_json_list
 
 __all__ = ["convert_nlvr2", "nlvr2_image_names"]
 

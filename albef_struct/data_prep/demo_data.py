@@ -1,6 +1,6 @@
 """Generate the "shapes world" demo data in ALBEF's JSON formats.
 
-    python -m data_prep.demo_data --out data/demo [--seed 0] [--image-size 96]
+    python -m albef_struct.data_prep.demo_data --out data/demo [--seed 0] [--image-size 96]
         [--n-train 3000 --n-val 300 --n-test 300] [--info-gap] [--force]
 
 Written under ``<out>`` (the ``image_root``; every path in the JSON is relative to it):
@@ -33,8 +33,8 @@ from typing import Sequence
 
 import numpy as np
 
-from data_prep import captions as T
-from data_prep.shapes import Scene, render_scene, sample_scene
+from albef_struct.data_prep import captions as T
+from albef_struct.data_prep.shapes import Scene, render_scene, sample_scene
 
 GENERATOR_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -335,7 +335,7 @@ def generate(out: Path, *, seed: int = 0, image_size: int = 96, n_train: int = 3
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
-    p = argparse.ArgumentParser(prog="python -m data_prep.demo_data", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m albef_struct.data_prep.demo_data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("data/demo"))
     p.add_argument("--seed", type=int, default=0)

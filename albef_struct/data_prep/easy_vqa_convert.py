@@ -1,7 +1,7 @@
 """Convert the pip package ``easy_vqa`` (real 64x64 shape images with QA pairs) to ALBEF's
 JSON formats.
 
-    python -m data_prep.easy_vqa_convert --out data/easy_vqa [--limit N]
+    python -m albef_struct.data_prep.easy_vqa_convert --out data/easy_vqa [--limit N]
 
 Written under ``<out>`` (the ``image_root``; JSON paths are relative to it):
 
@@ -186,7 +186,7 @@ def validate(out: Path, files: dict[str, list]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
-    p = argparse.ArgumentParser(prog="python -m data_prep.easy_vqa_convert", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m albef_struct.data_prep.easy_vqa_convert", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("data/easy_vqa"))
     p.add_argument("--limit", type=int, default=None, help="keep the first N images per split")
