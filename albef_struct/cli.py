@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
+from jsonargparse import Namespace
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from albef_struct.errors import DEBUG_FLAG, debug_requested, hint, user_message
+from albef_struct.tasks.registry import LEGACY_PACKAGE, current_class_path
 
 #: Callbacks (in albef_struct.lit.reliability) every run gets unless ``trainer.callbacks`` lists one of that class.
 DEFAULT_CALLBACKS: tuple[str, ...] = ("ConfigValidator", "SkippedRecordsReport", "RNGStateCheckpoint", "RunFolderGuard")
@@ -40,9 +43,30 @@ class CompactErrorParser(LightningArgumentParser):
             return super().error(message, ex)
         lines = [line.strip() for line in message.splitlines() if line.strip()]
         reason = " ".join(line.removeprefix("- ") for line in lines if not line.startswith(_PARSER_NOISE))
+        moved = re.search(rf"class_path '({re.escape(LEGACY_PACKAGE)}[\w.]+)'", reason)
+        if moved:  # a config written before the task modules moved into albef_struct
+            reason += f"; the task modules moved into the package: write {current_class_path(moved.group(1))}"
         prog = self.prog.replace(" [options]", "")
         sys.stderr.write(f"error: {reason}\n(accepted keys: {prog} --help; the full configuration: --print_config)\n")
         sys.exit(2)
+
+    def parse_object(self, obj: Namespace | dict[str, Any], *args: Any, **kwargs: Any) -> Namespace:
+        """Parse a configuration object (Lightning passes ``--ckpt_path``'s hyper-parameters here).
+
+        Checkpoints written before the task modules moved into ``albef_struct`` name
+        their class ``tasks.<module>.<Class>``; such class paths are read as the current ones.
+        """
+        return super().parse_object(with_current_class_paths(obj), *args, **kwargs)
+
+
+def with_current_class_paths(config: Any) -> Any:
+    """``config`` (plain dicts and lists) with every ``class_path`` value brought to its current path."""
+    if isinstance(config, dict):
+        return {key: current_class_path(value) if key == "class_path" and isinstance(value, str)
+                else with_current_class_paths(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [with_current_class_paths(value) for value in config]
+    return config
 
 
 class ALBEFCLI(LightningCLI):
@@ -110,7 +134,8 @@ class ALBEFCLI(LightningCLI):
         except Exception:
             from pathlib import Path
 
-            from albef_struct.checkpoint import CheckpointError, load_checkpoint_file
+            from albef_struct.checkpoint.errors import CheckpointError
+            from albef_struct.checkpoint.files import load_checkpoint_file
             from albef_struct.lit.reliability import earlier_checkpoints
 
             path = self.config[self.config.subcommand]["ckpt_path"]

@@ -22,22 +22,16 @@ from pathlib import Path
 import torch
 import yaml
 
-from albef_struct.checkpoint import (
-    TASKS,
-    AlbefImport,
-    CheckpointError,
-    Source,
-    TaskWeights,
-    guess_task,
-    import_albef,
-    infer_arch,
-    read_source,
-    save_safetensors,
-)
+from albef_struct.checkpoint.arch import guess_task, infer_arch
+from albef_struct.checkpoint.errors import CheckpointError
+from albef_struct.checkpoint.importer import AlbefImport, import_albef
+from albef_struct.checkpoint.layout import Source
+from albef_struct.checkpoint.safetensors_io import save_safetensors
+from albef_struct.checkpoint.source import read_source
+from albef_struct.checkpoint.weights import TaskWeights, task_spec
 from albef_struct.lit.checkpoints import save_lightning_checkpoint
 from albef_struct.models import ALBEFConfig
-
-_TASK_OF_MODULE = {spec.module: name for name, spec in TASKS.items()}
+from albef_struct.tasks.registry import TASKS, task_of_class_path
 
 
 @dataclass
@@ -73,7 +67,7 @@ def read_config_arch(path: str | Path) -> ConfigArch:
         arch = ALBEFConfig.from_dict(init_args["arch"])
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: model.init_args.arch is invalid: {err}") from err
-    return ConfigArch(arch, _TASK_OF_MODULE.get(model.get("class_path", "")), init_args.get("queue_size"))
+    return ConfigArch(arch, task_of_class_path(model.get("class_path", "")), init_args.get("queue_size"))
 
 
 def output_paths(out: str | Path) -> tuple[Path, Path]:
@@ -126,13 +120,12 @@ def convert_file(
     """Convert ``src`` into ``OUT.ckpt`` + ``OUT.safetensors`` for ``task`` (default: the file's own task)."""
     source = read_source(src)
     task = task or (config.task if config else None) or guess_task(source)
-    if task not in TASKS:
-        raise CheckpointError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
+    spec = task_spec(task)
     arch = resolve_arch(source, config, image_res, heads_vision, heads_text)
     queue = queue_size or (config.queue_size if config else None) or source.queue_size
     torch.manual_seed(seed)  # fresh heads and queues are reproducible
     weights = TaskWeights.for_task(task, arch, queue)
-    state, report = import_albef(source, weights, fresh_ok=TASKS[task].fresh_ok)
+    state, report = import_albef(source, weights, fresh_ok=spec.fresh_ok)
     weights.load_state_dict(state, strict=True)
     ckpt, safetensors = output_paths(out)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
@@ -190,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(converted.report.format())
     print(_arch_line(converted, inferred=config is None))
     print(f"wrote {converted.ckpt} and {converted.safetensors}")
-    module = TASKS[converted.task].module
+    module = TASKS[converted.task].class_path
     print(f"use it with --model.init_args.init_from {converted.ckpt} (model.class_path: {module})")
     return 0
 

@@ -3,9 +3,10 @@
     python -m albef_struct.demo_summary --runs runs/demo --pretrain-run runs/demo/pretrain_small
 
 Every stage's ``test`` writes ``<task>_test.json`` (``metrics`` and ``chance``) in its run
-folder; this reads the newest one per stage, prints the table, writes ``summary.json`` and
-exits non-zero when a stage's results are missing, so a demo that silently skipped a
-stage cannot look complete.
+folder; the rows are the summary metrics each task declares in the task registry
+(:mod:`albef_struct.tasks.registry`). This reads the newest file per stage, prints the
+table, writes ``summary.json`` and exits non-zero when a stage's results are missing,
+so a demo that silently skipped a stage cannot look complete.
 """
 
 from __future__ import annotations
@@ -16,32 +17,37 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from albef_struct.tasks.registry import TASKS
+
+
+#: The task whose rows come from the pretraining run (``--pretrain-run``), not from ``RUNS/<task>``.
+PRETRAIN_TASK = "pretrain"
+PRETRAIN_RUN = "{pretrain}"
+
 
 @dataclass(frozen=True)
 class Row:
     """One line of the table: where the number comes from and what it measures."""
 
     stage: str
-    run: str  # run folder under --runs ("{pretrain}" is the pretraining run)
+    run: str  # run folder under --runs (PRETRAIN_RUN: the pretraining run)
     results_file: str
     metric: str
     chance_key: str
     label: str
 
 
-ROWS = (
-    Row("zero-shot retrieval", "{pretrain}", "retrieval_test.json", "itc_txt_r1", "txt_r1", "image->text R@1, ITC"),
-    Row("zero-shot retrieval", "{pretrain}", "retrieval_test.json", "itc_img_r1", "img_r1", "text->image R@1, ITC"),
-    Row("retrieval fine-tuned", "retrieval", "retrieval_test.json", "itc_txt_r1", "txt_r1", "image->text R@1, ITC"),
-    Row("retrieval fine-tuned", "retrieval", "retrieval_test.json", "itc_img_r1", "img_r1", "text->image R@1, ITC"),
-    Row("retrieval fine-tuned", "retrieval", "retrieval_test.json", "txt_r1", "txt_r1", "image->text R@1, ITM re-ranked"),
-    Row("retrieval fine-tuned", "retrieval", "retrieval_test.json", "img_r1", "img_r1", "text->image R@1, ITM re-ranked"),
-    Row("SNLI-VE", "ve", "ve_test.json", "acc", "acc", "accuracy"),
-    Row("SNLI-VE", "ve", "ve_test.json", "acc_entail_vs_contra", "acc_entail_vs_contra",
-        "accuracy on entailment vs contradiction (needs the image)"),
-    Row("VQA", "vqa", "vqa_test.json", "acc", "acc", "VQA accuracy (chance: best constant answer)"),
-    Row("NLVR2", "nlvr", "nlvr_test.json", "acc", "acc", "accuracy"),
-)
+def task_rows() -> tuple[Row, ...]:
+    """The table's rows: every registered task's summary metrics, in the registry's order."""
+    return tuple(
+        Row(spec.title, PRETRAIN_RUN if name == PRETRAIN_TASK else name, f"{spec.result_name}.json",
+            metric.metric, metric.chance, metric.label)
+        for name, spec in TASKS.items()
+        for metric in spec.summary
+    )
+
+
+ROWS = task_rows()
 
 
 @dataclass
@@ -79,7 +85,7 @@ def read_results(path: Path) -> dict:
 def collect(runs: Path, pretrain_run: Path) -> list[Result]:
     results = []
     for row in ROWS:
-        run_dir = pretrain_run if row.run == "{pretrain}" else runs / row.run
+        run_dir = pretrain_run if row.run == PRETRAIN_RUN else runs / row.run
         path = newest(run_dir, row.results_file)
         value = chance = None
         if path is not None:

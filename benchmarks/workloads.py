@@ -1,16 +1,14 @@
-"""Training steps to time: pretraining (with fast-path variants) and the task modules under ``tasks/``.
+"""Training steps to time: pretraining (with fast-path variants) and the registered task modules.
 
 A step is forward + backward + AdamW on a fixed synthetic batch, run through the
-modules' own loss methods (``PretrainModule.pretrain_losses``,
-``RetrievalModule.retrieval_losses``, ...), so momentum update, queue, hard
-negatives and MLM are all included.
+modules' own loss methods (``PretrainModule.pretrain_losses``, and for a task the
+``training_loss`` its registry entry names, e.g. ``RetrievalModule.retrieval_losses``),
+so momentum update, queue, hard negatives and MLM are all included.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -20,6 +18,7 @@ from torch import nn
 
 from albef_struct.lit.base import decay_groups
 from albef_struct.lit.compile import compile_module_encoders
+from albef_struct.tasks.registry import TASKS, TaskSpec
 from benchmarks.sizes import Size, classification_batch, pretrain_batch, vqa_batch
 
 ALPHA = 0.4
@@ -57,20 +56,6 @@ VARIANTS: dict[str, Variant] = {
     )
 }
 
-# Task modules that may exist under tasks/: (module, class, loss methods to try, batch kind, classes).
-# A loss method takes ``(batch, alpha)`` and returns the loss or a dict with "loss".
-TASKS: dict[str, tuple[str, str, tuple[str, ...], str, int]] = {
-    "retrieval": ("tasks.retrieval", "RetrievalModule", ("retrieval_losses",), "pretrain", 0),
-    "ve": ("tasks.ve", "VEModule", ("classification_losses",), "classify1", 3),
-    "nlvr": ("tasks.nlvr", "NLVRModule", ("classification_losses", "nlvr_loss"), "classify2", 2),
-    "vqa": ("tasks.vqa", "VQAModule", ("vqa_training_loss",), "vqa", 0),
-}
-
-
-def _loss_method(cls: type, methods: tuple[str, ...]) -> str | None:
-    return next((m for m in methods if hasattr(cls, m)), None)
-
-
 @dataclass
 class Workload:
     """A ready-to-run training step."""
@@ -102,14 +87,22 @@ def reference_loss(work: Workload, seed: int = 0) -> float | None:
 
 def task_missing(task: str) -> str | None:
     """Why a task cannot be benchmarked (None when it can)."""
-    module_name, class_name, methods, kind, _ = TASKS[task]
-    if importlib.util.find_spec(module_name) is None:
-        return f"{module_name.replace('.', '/')}.py does not exist"
-    module = importlib.import_module(module_name)
-    cls = getattr(module, class_name, None)
-    if cls is None or _loss_method(cls, methods) is None:
-        return f"{module_name} has no {class_name} with a loss method {' or '.join(methods)}"
+    spec = TASKS.get(task)
+    if spec is None:
+        return f"no task {task!r} is registered (albef_struct.tasks.registry knows {sorted(TASKS)})"
+    if spec.training_loss is None or not hasattr(spec.module, spec.training_loss):
+        return f"{spec.class_path} declares no training loss method (batch, alpha) to time"
     return None
+
+
+def task_batch(spec: TaskSpec, size: Size) -> dict[str, torch.Tensor]:
+    """A synthetic batch of the kind ``spec``'s module trains on, read from its heads."""
+    heads = spec.heads
+    if heads["answer_decoder_layers"]:
+        return vqa_batch(size)
+    if heads["classifier_classes"]:
+        return classification_batch(size, heads["classifier_classes"], images=heads["fusion_streams"])
+    return pretrain_batch(size)
 
 
 def autocast(precision: str) -> contextlib.AbstractContextManager:
@@ -187,30 +180,23 @@ def pretrain_workload(
 
 
 def task_workload(task: str, size: Size, variant: Variant) -> Workload:
-    """One fine-tuning step of a task module under ``tasks/`` (see :func:`task_missing`)."""
+    """One fine-tuning step of a registered task's module (see :func:`task_missing`)."""
     reason = task_missing(task)
     if reason:
         raise RuntimeError(f"task {task!r} cannot be benchmarked: {reason}")
-    module_name, class_name, methods, kind, classes = TASKS[task]
-    cls = getattr(importlib.import_module(module_name), class_name)
-    method = _loss_method(cls, methods)
+    spec = TASKS[task]
     arch = size.arch(attention=variant.attention, grad_checkpointing=variant.checkpointing)
-    module = cls(arch=arch) if task != "retrieval" else cls(arch=arch, queue_size=65536)
+    module = spec.module(arch=arch, **({"queue_size": 65536} if spec.queue else {}))
     _finish(module, variant)
-    if kind == "pretrain":
-        data = pretrain_batch(size)
-    elif kind == "vqa":
-        data = vqa_batch(size)
-    else:
-        data = classification_batch(size, classes, images=1 if kind == "classify1" else 2)
-    loss_method = getattr(module, method)
+    data = task_batch(spec, size)
+    loss_method = getattr(module, spec.training_loss)
 
     def loss_fn() -> torch.Tensor:
         out = loss_method(data, ALPHA)
         return out["loss"] if isinstance(out, dict) else out
 
     step = _train_step(module, loss_fn, variant)
-    return Workload(step, size.batch, module, {"task_module": f"{module_name}.{class_name}"}, loss_fn, variant)
+    return Workload(step, size.batch, module, {"task_module": spec.class_path}, loss_fn, variant)
 
 
 def with_batch(size: Size, batch: int) -> Size:

@@ -29,7 +29,7 @@ from albef_struct.data import VEDataModule
 from albef_struct.lit import PretrainModule
 from albef_struct.metrics.probe import linear_probe_accuracy
 from albef_struct.models import ALBEF
-from tasks.ve import VE_LABELS
+from albef_struct.tasks.ve import VE_LABELS
 
 FEATURE_SETS = ("fused_cls", "itc", "text_only")
 ENTAILMENT, CONTRADICTION = VE_LABELS.index("entailment"), VE_LABELS.index("contradiction")

@@ -11,7 +11,7 @@ from albef_struct.analysis import attribute_labels, embed_split
 from albef_struct.cli import main
 from albef_struct.data import ALBEFTokenizer
 from albef_struct.lit.checkpoints import load_model
-from albef_struct.checkpoint import CheckpointError
+from albef_struct.checkpoint.errors import CheckpointError
 from tests.test_cli import last_checkpoint, write_config
 
 pytestmark = pytest.mark.slow

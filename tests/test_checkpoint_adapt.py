@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from albef_struct.checkpoint import CheckpointError, adapt_state_dict
+from albef_struct.checkpoint.errors import CheckpointError
+from albef_struct.checkpoint.fit import adapt_state_dict
 from albef_struct.models import ALBEF, MomentumTeacher, VisionConfig
 from tests.conftest import tiny_config
 

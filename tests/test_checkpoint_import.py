@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import replace
 
 import pytest
 import torch
 
-from albef_struct.checkpoint import (
-    TASKS,
-    CheckpointError,
-    TaskWeights,
-    adapt_state_dict,
-    convert_albef_state_dict,
-    export_albef,
-    import_albef,
-    infer_arch,
-    read_source,
-    save_safetensors,
-    task_arch,
-)
+from albef_struct.checkpoint.arch import infer_arch
+from albef_struct.checkpoint.errors import CheckpointError
+from albef_struct.checkpoint.export import export_albef
+from albef_struct.checkpoint.fit import adapt_state_dict
+from albef_struct.checkpoint.importer import import_albef
+from albef_struct.checkpoint.keymap import convert_albef_state_dict
+from albef_struct.checkpoint.safetensors_io import save_safetensors
+from albef_struct.checkpoint.source import read_source
+from albef_struct.checkpoint.weights import TaskWeights, task_arch
 from albef_struct.models import ALBEFConfig, TextConfig
+from albef_struct.tasks.registry import TASKS
 from tests.conftest import KEYS_FILE, PARITY_DIR, load_fixture, parity_config, tiny_config
 
 PRETRAIN = PARITY_DIR / "pretrain_checkpoint.pth"
@@ -122,15 +118,16 @@ def _assert_all_equal(ours: dict[str, torch.Tensor], name: str) -> None:
 
 
 def test_vqa_checkpoint_loads_into_the_vqa_module_whole():
-    vqa = importlib.import_module("tasks.vqa")
-    module = vqa.VQAModule(arch=task_config(), init_from=str(PARITY_DIR / "vqa_checkpoint.pth"))
+    from albef_struct.tasks.vqa import VQAModule
+
+    module = VQAModule(arch=task_config(), init_from=str(PARITY_DIR / "vqa_checkpoint.pth"))
     assert not module.init_report.fresh and not module.init_report.dropped
     _assert_all_equal(module.state_dict(), "vqa_checkpoint.pth")
     assert module.state_dict()["model.answer_decoder.layer.5.crossattention.self.key.weight"].shape == (64, 64)
 
 
 def test_ve_checkpoint_loads_into_the_ve_module_whole():
-    from tasks.ve import VEModule
+    from albef_struct.tasks.ve import VEModule
 
     module = VEModule(arch=task_config(), init_from=str(PARITY_DIR / "ve_checkpoint.pth"))
     assert not module.init_report.fresh  # the file has the classifier: nothing starts fresh
@@ -138,7 +135,7 @@ def test_ve_checkpoint_loads_into_the_ve_module_whole():
 
 
 def test_nlvr_checkpoint_loads_into_the_nlvr_module_whole():
-    from tasks.nlvr import NLVRModule
+    from albef_struct.tasks.nlvr import NLVRModule
 
     module = NLVRModule(arch=task_config(), init_from=str(PARITY_DIR / "nlvr_checkpoint.pth"))
     assert not module.init_report.fresh
@@ -148,9 +145,7 @@ def test_nlvr_checkpoint_loads_into_the_nlvr_module_whole():
 # --- task weights: the same keys as the task modules ----------------------------------------------------
 def _module(task: str, arch: ALBEFConfig, **kwargs):
     spec = TASKS[task]
-    module_path, _, name = spec.module.rpartition(".")
-    cls = getattr(importlib.import_module(module_path), name)
-    return cls(arch=arch, **({"queue_size": 16} if spec.queue else {}), **kwargs)
+    return spec.module(arch=arch, **({"queue_size": 16} if spec.queue else {}), **kwargs)
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))
@@ -162,11 +157,13 @@ def test_task_weights_have_the_task_modules_keys(task):
     assert weights.model.config == module.model.config
 
 
-def test_teacher_excludes_match_the_lightning_base():
-    from albef_struct.checkpoint import TEACHER_EXCLUDES
-    from albef_struct.lit.task import TEACHER_EXCLUDES as lit_excludes
-
-    assert TEACHER_EXCLUDES == lit_excludes
+def test_teachers_leave_out_the_itm_head_and_temperature_as_albef():
+    arch = tiny_config(text=TextConfig(hidden=32, layers=3, fusion_layer=1, heads=2, intermediate=64, max_position=40))
+    for state in (TaskWeights.for_task("retrieval", arch, queue_size=16).state_dict(),
+                  _module("retrieval", arch).state_dict()):
+        assert "model.itm_head.weight" in state and "model.temp" in state
+        assert "teacher.model.vision_proj.weight" in state
+        assert not any(k.startswith(("teacher.model.itm_head.", "teacher.model.temp")) for k in state)
 
 
 # --- init_from: every task accepts an official file directly -------------------------------------------
@@ -184,10 +181,7 @@ INIT_FILES = {
 def test_every_task_module_initialises_from_an_official_file(task):
     arch = parity_config() if task in ("pretrain", "nlvr_pretrain") else task_config()
     extra = {"queue_size": QUEUE} if TASKS[task].queue else {}
-    spec = TASKS[task]
-    module_path, _, name = spec.module.rpartition(".")
-    cls = getattr(importlib.import_module(module_path), name)
-    module = cls(arch=arch, init_from=str(PARITY_DIR / INIT_FILES[task]), **extra)
+    module = TASKS[task].module(arch=arch, init_from=str(PARITY_DIR / INIT_FILES[task]), **extra)
     expected, _ = import_albef(PARITY_DIR / INIT_FILES[task], task, arch=arch)
     ours = module.state_dict()
     fresh = set(module.init_report.fresh)
@@ -201,7 +195,7 @@ def test_every_task_config_takes_init_from():
 
     from tests.conftest import REPO
 
-    modules = {spec.module for spec in TASKS.values()}
+    modules = {spec.class_path for spec in TASKS.values()}
     for path in sorted((REPO / "configs").glob("*.yaml")):
         model = yaml.safe_load(path.read_text()).get("model", {})
         if model.get("class_path") in modules:
@@ -249,7 +243,7 @@ def test_export_refuses_weights_albef_has_no_place_for():
 
 
 def test_safetensors_keep_ties_and_load_as_init_from(tmp_path):
-    from tasks.ve import VEModule
+    from albef_struct.tasks.ve import VEModule
 
     weights = TaskWeights.for_task("ve", task_config())
     state, _ = import_albef(PARITY_DIR / "ve_checkpoint.pth", weights)

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
-from albef_struct.checkpoint import read_source
+from albef_struct.checkpoint.source import read_source
 from albef_struct.cli import EXTRA_COMMANDS, main
 from albef_struct.lit.checkpoints import load_model
 from albef_struct.lit.pretrain import PretrainModule
@@ -86,7 +86,7 @@ def test_converted_model_reproduces_the_original_import_and_albefs_outputs(conve
 
 
 def test_converted_checkpoint_is_init_from_and_ckpt_path_of_the_task_module(tmp_path):
-    from tasks.retrieval import RetrievalModule
+    from albef_struct.tasks.retrieval import RetrievalModule
 
     out = tmp_path / "coco"
     assert main(["convert", str(PRETRAIN), str(out), "--task", "retrieval", "--image-res", "96", *HEADS]) == 0
@@ -104,11 +104,11 @@ def test_converted_checkpoint_is_init_from_and_ckpt_path_of_the_task_module(tmp_
 
 @torch.no_grad()
 def test_convert_from_a_task_config_reproduces_albefs_ve_logits(tmp_path):
-    from tasks.ve import VEModule
+    from albef_struct.tasks.ve import VEModule
 
     config = tmp_path / "ve.yaml"
     arch = task_config().to_dict()
-    config.write_text(yaml.safe_dump({"model": {"class_path": "tasks.ve.VEModule", "init_args": {"arch": arch}}}))
+    config.write_text(yaml.safe_dump({"model": {"class_path": "albef_struct.tasks.ve.VEModule", "init_args": {"arch": arch}}}))
     out = tmp_path / "ve"
     assert main(["convert", str(PARITY_DIR / "ve_checkpoint.pth"), str(out), "--arch-from-config", str(config)]) == 0
     expected = load_fixture("ve_outputs.pt")

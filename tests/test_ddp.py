@@ -80,7 +80,7 @@ def build_module(contrastive: str, cls: type[PretrainModule] = PretrainModule) -
 
 def build_frozen_nlvr():
     """A tiny NLVR2 module that fine-tunes on a fixed image encoder (``optim.freeze``)."""
-    from tasks.nlvr import NLVRModule
+    from albef_struct.tasks.nlvr import NLVRModule
 
     arch = tiny_config()
     arch = replace(arch, text=replace(arch.text, hidden_dropout=0.0, attention_dropout=0.0))

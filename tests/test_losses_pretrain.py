@@ -206,7 +206,7 @@ def test_itm_draws_uniform_negatives_for_the_configured_steps_then_hard_ones(mon
 
     from albef_struct.lit import alignment
     from albef_struct.lit.pretrain import PretrainModule
-    from tasks.retrieval import RetrievalModule
+    from albef_struct.tasks.retrieval import RetrievalModule
     from tests.conftest import tiny_config
 
     cls = PretrainModule if module_name == "pretrain" else RetrievalModule

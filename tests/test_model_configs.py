@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from albef_struct.checkpoint import convert_albef_state_dict
+from albef_struct.checkpoint.keymap import convert_albef_state_dict
 from albef_struct.lit.pretrain import PretrainModule
 from albef_struct.models import ALBEFConfig
 from tests.conftest import KEYS_FILE, REPO

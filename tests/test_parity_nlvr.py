@@ -7,9 +7,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from albef_struct.checkpoint import convert_albef_state_dict
+from albef_struct.checkpoint.keymap import convert_albef_state_dict
 from albef_struct.models import VisionConfig
-from tasks.nlvr import NLVRModule, TextAssignmentModule
+from albef_struct.tasks.nlvr import NLVRModule, TextAssignmentModule
 from tests.conftest import PARITY_DIR, load_fixture, parity_config
 
 ATOL = 1e-5

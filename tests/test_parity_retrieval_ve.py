@@ -13,12 +13,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from albef_struct.checkpoint import convert_albef_state_dict
+from albef_struct.checkpoint.keymap import convert_albef_state_dict
 from albef_struct.lit.retrieval_eval import EncodedGallery, itm_match_scores, rerank
 from albef_struct.metrics.retrieval import retrieval_metrics
 from albef_struct.models import ALBEFConfig
-from tasks.retrieval import RetrievalModule
-from tasks.ve import VEModule
+from albef_struct.tasks.retrieval import RetrievalModule
+from albef_struct.tasks.ve import VEModule
 from tests.conftest import PARITY_DIR, load_fixture, parity_config
 
 ATOL = 1e-5

@@ -15,9 +15,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from albef_struct.checkpoint import convert_albef_state_dict
+from albef_struct.checkpoint.keymap import convert_albef_state_dict
 from albef_struct.models import ALBEFConfig
-from tasks.vqa import VQAModule, question_states, rank_answers
+from albef_struct.tasks.vqa import VQAModule
+from albef_struct.tasks.vqa_answers import question_states, rank_answers
 from tests.conftest import PARITY_DIR, load_fixture, parity_config
 
 ATOL = 1e-5

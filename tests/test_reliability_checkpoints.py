@@ -16,7 +16,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from albef_struct.checkpoint import CheckpointError
+from albef_struct.checkpoint.errors import CheckpointError
 from albef_struct.cli import main
 from albef_struct.data import PretrainDataModule
 from albef_struct.lit import PretrainModule

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from albef_struct.checkpoint import CheckpointError
+from albef_struct.checkpoint.errors import CheckpointError
 from albef_struct.cli import main
 from albef_struct.lit.reliability import atomic_torch_save
 from albef_struct.lit.run_folder import LOCK_NAME, FolderLock, check_writable

@@ -18,7 +18,7 @@ from albef_struct.data import NLVRDataModule
 from albef_struct.lit import OptimConfig
 from albef_struct.lit.pretrain import PretrainModule
 from albef_struct.models import TextConfig
-from tasks.nlvr import (
+from albef_struct.tasks.nlvr import (
     NLVRModule,
     TextAssignmentModule,
     nlvr_logits,
@@ -302,7 +302,7 @@ def test_configs_parse(name, capsys):
         main(["fit", "--config", str(REPO / "configs" / name), "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    expected = "tasks.nlvr.TextAssignmentModule" if "pretrain" in name else "tasks.nlvr.NLVRModule"
+    expected = "albef_struct.tasks.nlvr.TextAssignmentModule" if "pretrain" in name else "albef_struct.tasks.nlvr.NLVRModule"
     assert printed["model"]["class_path"] == expected
 
 
@@ -343,7 +343,7 @@ def test_cli_text_assignment_then_nlvr_fit_and_test(tmp_path, demo_dir, capsys):
     common = {"image_root": str(demo_dir), "image_res": 32, "num_workers": 0, "hflip": False}
     ta_config = run_config(
         tmp_path, "ta",
-        {"class_path": "tasks.nlvr.TextAssignmentModule", "init_args": {"arch": TINY_ARCH, "optim": TINY_OPTIM}},
+        {"class_path": "albef_struct.tasks.nlvr.TextAssignmentModule", "init_args": {"arch": TINY_ARCH, "optim": TINY_OPTIM}},
         {"class_path": "albef_struct.data.PretrainDataModule",
          "init_args": {"train_files": [str(demo_dir / "pretrain.json")], "batch_size": 8, **common}},
     )
@@ -353,7 +353,7 @@ def test_cli_text_assignment_then_nlvr_fit_and_test(tmp_path, demo_dir, capsys):
 
     nlvr_config = run_config(
         tmp_path, "nlvr",
-        {"class_path": "tasks.nlvr.NLVRModule",
+        {"class_path": "albef_struct.tasks.nlvr.NLVRModule",
          "init_args": {"arch": TINY_ARCH, "optim": TINY_OPTIM, "init_from": str(ta_ckpt)}},
         {"class_path": "albef_struct.data.NLVRDataModule",
          "init_args": {"train_file": str(demo_dir / "nlvr_train.json"), "val_file": str(demo_dir / "nlvr_dev.json"),

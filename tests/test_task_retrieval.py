@@ -21,7 +21,7 @@ from albef_struct.lit.retrieval_eval import EncodedGallery, itm_match_scores, re
 from albef_struct.losses import ContrastiveInputs
 from albef_struct.metrics.retrieval import retrieval_metrics
 from albef_struct.models import TextConfig
-from tasks.retrieval import RetrievalModule
+from albef_struct.tasks.retrieval import RetrievalModule
 from tests.conftest import REPO, tiny_config
 
 CONFIGS = [REPO / "configs" / "retrieval_coco.yaml", REPO / "configs" / "retrieval_flickr.yaml",
@@ -315,7 +315,7 @@ def test_configs_parse(config, capsys):
         main(["fit", "--config", str(config), "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["class_path"] == "tasks.retrieval.RetrievalModule"
+    assert printed["model"]["class_path"] == "albef_struct.tasks.retrieval.RetrievalModule"
     callbacks = {c["class_path"].rsplit(".", 1)[-1]: c.get("init_args", {}) for c in printed["trainer"]["callbacks"]}
     assert callbacks["ModelCheckpoint"]["monitor"] == "val/r_mean" and callbacks["ModelCheckpoint"]["mode"] == "max"
 
@@ -360,7 +360,7 @@ def test_cli_fit_two_steps_then_test_and_zero_shot_test(tmp_path, demo_dir, caps
             "callbacks": [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
                            "init_args": {"save_last": True, "monitor": "val/r_mean", "mode": "max"}}],
         },
-        "model": {"class_path": "tasks.retrieval.RetrievalModule",
+        "model": {"class_path": "albef_struct.tasks.retrieval.RetrievalModule",
                   "init_args": {"arch": TINY_ARCH, "optim": {"lr": 1e-4, "warmup_steps": 1},
                                 "queue_size": 64, "k_test": 4}},
         "data": {"class_path": "albef_struct.data.RetrievalDataModule",

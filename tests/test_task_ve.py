@@ -15,7 +15,7 @@ from albef_struct.cli import main
 from albef_struct.lit.pretrain import PretrainModule
 from albef_struct.models import TextConfig
 from albef_struct.losses import distilled_cross_entropy
-from tasks.ve import VE_LABELS, VEModule, ve_logits
+from albef_struct.tasks.ve import VE_LABELS, VEModule, ve_logits
 from tests.conftest import REPO, tiny_config
 
 CONFIGS = [REPO / "configs" / "ve.yaml", REPO / "configs" / "demo" / "ve.yaml"]
@@ -175,7 +175,7 @@ def test_configs_parse(config, capsys):
         main(["fit", "--config", str(config), "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["class_path"] == "tasks.ve.VEModule"
+    assert printed["model"]["class_path"] == "albef_struct.tasks.ve.VEModule"
     callbacks = {c["class_path"].rsplit(".", 1)[-1]: c.get("init_args", {}) for c in printed["trainer"]["callbacks"]}
     assert callbacks["ModelCheckpoint"]["monitor"] == "val/acc" and callbacks["ModelCheckpoint"]["mode"] == "max"
 
@@ -205,7 +205,7 @@ def test_cli_fit_two_steps_then_test(tmp_path, demo_dir, capsys):
             "callbacks": [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
                            "init_args": {"save_last": True, "monitor": "val/acc", "mode": "max"}}],
         },
-        "model": {"class_path": "tasks.ve.VEModule",
+        "model": {"class_path": "albef_struct.tasks.ve.VEModule",
                   "init_args": {"arch": TINY_ARCH, "optim": {"lr": 1e-4, "warmup_steps": 1}}},
         "data": {"class_path": "albef_struct.data.VEDataModule",
                  "init_args": {"train_file": str(demo_dir / "ve_train.json"), "val_file": str(demo_dir / "ve_dev.json"),

@@ -19,11 +19,10 @@ from albef_struct.data.datasets import VQADataset, vqa_answer_weights
 from albef_struct.data.transforms import test_transform as eval_transform
 from albef_struct.lit.pretrain import PretrainModule
 from albef_struct.metrics import normalize_answer, vqa_accuracy
+from albef_struct.metrics.vqa import MajorityAnswerAccuracy
 from albef_struct.models import TextConfig
-from tasks.vqa import (
-    VQA_OPTIM,
-    MajorityAnswerAccuracy,
-    VQAModule,
+from albef_struct.tasks.vqa import VQA_OPTIM, VQAModule
+from albef_struct.tasks.vqa_answers import (
     answer_losses,
     answer_token_nll,
     question_states,
@@ -320,7 +319,7 @@ def test_configs_parse(config, capsys):
         main(["fit", "--config", str(config), "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["class_path"] == "tasks.vqa.VQAModule"
+    assert printed["model"]["class_path"] == "albef_struct.tasks.vqa.VQAModule"
     assert printed["data"]["class_path"] == "albef_struct.data.VQADataModule"
     callbacks = {c["class_path"].rsplit(".", 1)[-1]: c.get("init_args", {}) for c in printed["trainer"]["callbacks"]}
     assert callbacks["ModelCheckpoint"]["save_last"] is True
@@ -364,7 +363,7 @@ def test_cli_fit_two_steps_then_test_and_predict(tmp_path, demo_dir, capsys):
             "callbacks": [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
                            "init_args": {"save_last": True, "monitor": "val/acc", "mode": "max"}}],
         },
-        "model": {"class_path": "tasks.vqa.VQAModule",
+        "model": {"class_path": "albef_struct.tasks.vqa.VQAModule",
                   "init_args": {"arch": TINY_ARCH, "optim": {"lr": 1e-4, "warmup_steps": 1}, "k_test": 8}},
         "data": {"class_path": "albef_struct.data.VQADataModule",
                  "init_args": {"train_files": [str(demo_dir / "vqa_train.json")],

@@ -9,7 +9,7 @@ import torch
 
 from albef_struct.models import ALBEF
 from experiments.ve_feature_probe import CONTRADICTION, ENTAILMENT, FEATURE_SETS, needs_image, parse_args, probe_table, run
-from tasks.ve import VE_LABELS
+from albef_struct.tasks.ve import VE_LABELS
 from tests.conftest import tiny_config
 
 NEUTRAL = VE_LABELS.index("neutral")
@@ -72,11 +72,11 @@ def test_run_probes_a_model_on_ve_files_and_writes_the_table(demo_dir, tmp_path,
 def test_fused_cls_is_the_vector_the_ve_head_classifies(demo_dir, tmp_path):
     from dataclasses import replace
 
+    from albef_struct.tasks.ve import VEModule, ve_logits
     from experiments.ve_feature_probe import loader_for, pair_features
-    from tasks.ve import ve_arch, ve_logits
 
     torch.manual_seed(0)
-    model = ALBEF(replace(ve_arch(tiny_config()), projections=True))  # VE's head plus the probe's ITC features
+    model = ALBEF(replace(VEModule.task_spec.arch(tiny_config()), projections=True))  # VE's head plus the probe's ITC features
     args = parse_args(["--ckpt", "unused", "--train", "unused", "--eval", "unused", "--image-root", str(demo_dir),
                        "--image-res", "32", "--batch-size", "8", "--out", str(tmp_path / "unused.json")])
     loader = loader_for(str(demo_dir / "ve_dev.json"), args)

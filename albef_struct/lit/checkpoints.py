@@ -10,18 +10,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from albef_struct.checkpoint import (
-    ALWAYS_FRESH_OK,
-    TASKS,
-    AdaptReport,
-    AlbefImport,
-    CheckpointError,
-    TaskWeights,
-    import_albef,
-    load_checkpoint_file,
-    read_source,
-    save_safetensors,
-)
+from albef_struct.checkpoint.errors import CheckpointError
+from albef_struct.checkpoint.files import load_checkpoint_file
+from albef_struct.checkpoint.fit import AdaptReport
+from albef_struct.checkpoint.importer import ALWAYS_FRESH_OK, AlbefImport, import_albef
+from albef_struct.checkpoint.safetensors_io import save_safetensors
+from albef_struct.checkpoint.source import read_source
+from albef_struct.checkpoint.weights import TaskWeights, task_spec
 
 if TYPE_CHECKING:
     from albef_struct.models import ALBEF
@@ -127,7 +122,7 @@ def save_lightning_checkpoint(
         "pytorch-lightning_version": pl.__version__,
         "epoch": 0,
         "global_step": 0,
-        "albef_struct": {"task": task, "module": TASKS[task].module, **dict(extra or {})},
+        "albef_struct": {"task": task, "module": task_spec(task).class_path, **dict(extra or {})},
     }
     torch.save(payload, path)
 

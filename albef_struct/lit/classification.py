@@ -18,16 +18,15 @@ from albef_struct.models import ALBEF
 class ClassifierModule(ALBEFModule):
     """A classifier on the fused [CLS] trained with momentum distillation.
 
-    Subclasses define :attr:`class_names`, :attr:`result_name` and :meth:`logits`.
+    Subclasses define :attr:`class_names` and :meth:`logits`; their task spec names the results file.
     Training minimises :func:`distilled_cross_entropy` against the EMA teacher's
     logits (the teacher is updated before its forward, as in ALBEF). ``val/acc``
     and ``test/acc`` (percent, torchmetrics) are the online model's; the test ends
-    with a table and ``<result_name>.json`` next to the majority-class rate, with
+    with a table and ``<task_spec.result_name>.json`` next to the majority-class rate, with
     the confusion matrix, per-class accuracy and any :meth:`subset_metrics`.
     """
 
     class_names: tuple[str, ...] = ()
-    result_name: str = "classification_test"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -103,7 +102,7 @@ class ClassifierModule(ALBEFModule):
             }
             subset, subset_chance = self.subset_metrics(confusion)
             report_results(
-                self.results_dir, self.result_name, {"acc": float(acc), **subset}, {"acc": chance, **subset_chance},
+                self.results_dir, self.task_spec.result_name, {"acc": float(acc), **subset}, {"acc": chance, **subset_chance},
                 extra={"n_examples": total, "label_counts": dict(zip(self.class_names, counts.tolist())),
                        "per_class_acc": per_class, "confusion": {"rows_true_cols_predicted": self.class_names,
                                                                  "counts": confusion.tolist()}},

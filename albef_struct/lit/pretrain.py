@@ -8,9 +8,10 @@ from typing import Any, Literal
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 
+from albef_struct.data import PretrainDataModule
 from albef_struct.data.collate import is_empty_batch
 from albef_struct.lit.alignment import AlignmentMixin, EncodedBatch, checked_uniform_negative_steps
-from albef_struct.lit.retrieval_eval import RetrievalEvalMixin
+from albef_struct.lit.retrieval_eval import ITC_RECALL, RETRIEVAL_TEST_RESULTS, RetrievalEvalMixin
 from albef_struct.lit.schedule import OptimConfig
 from albef_struct.lit.task import ALBEFModule
 from albef_struct.losses import build_contrastive_loss, mask_tokens, mlm_distill_loss
@@ -19,8 +20,20 @@ from albef_struct.models import ALBEFConfig, FeatureQueue
 from albef_struct.models.albef import Encoded
 from albef_struct.models.hf_init import init_text_from_hf
 from albef_struct.structure import LatentFeatures, StructureLosses, StructureSpec
+from albef_struct.tasks.registry import register_task
 
 
+@register_task(
+    "pretrain", "pretraining / zero-shot retrieval (ITC + ITM + MLM)",
+    datamodule=PretrainDataModule,
+    heads={"projections": True, "itm_head": True, "mlm_head": True},
+    queue=True,
+    image_res=256,
+    training_loss="pretrain_losses",
+    result_name=RETRIEVAL_TEST_RESULTS,
+    title="zero-shot retrieval",
+    summary=ITC_RECALL,
+)
 class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
     """Pretrains an ALBEF model; validation/test run zero-shot retrieval on held-out pairs.
 

@@ -19,8 +19,16 @@ import torch.nn.functional as F
 from albef_struct.metrics.report import format_table, write_json
 from albef_struct.metrics.retrieval import chance_recall, retrieval_metrics
 from albef_struct.models.albef import ALBEF
+from albef_struct.tasks.registry import SummaryMetric
 
 Gather = Callable[[torch.Tensor], torch.Tensor]
+
+#: The results file of a retrieval test (``retrieval_<stage>.json``) and its rows in ``make demo``'s table.
+RETRIEVAL_TEST_RESULTS = "retrieval_test"
+ITC_RECALL = (SummaryMetric("itc_txt_r1", "image->text R@1, ITC", "txt_r1"),
+              SummaryMetric("itc_img_r1", "text->image R@1, ITC", "img_r1"))
+ITM_RECALL = (SummaryMetric("txt_r1", "image->text R@1, ITM re-ranked"),
+              SummaryMetric("img_r1", "text->image R@1, ITM re-ranked"))
 
 
 @dataclass

@@ -22,7 +22,7 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
-from albef_struct.checkpoint import CheckpointError
+from albef_struct.checkpoint.errors import CheckpointError
 from albef_struct.lit.validation import ConfigError
 
 try:  # POSIX; elsewhere the folder is checked but not locked

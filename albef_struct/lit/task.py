@@ -2,31 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import asdict
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 from pytorch_lightning.utilities import rank_zero_info
 
-from albef_struct.checkpoint import AdaptReport
+from albef_struct.checkpoint.files import stored_class_path
+from albef_struct.checkpoint.fit import AdaptReport
 from albef_struct.lit.base import ALBEFLitBase
 from albef_struct.lit.checkpoints import load_weights
 from albef_struct.lit.schedule import OptimConfig
 from albef_struct.models import ALBEF, ALBEFConfig, MomentumTeacher
-
-# ALBEF's teachers copy encoders, projections and heads, but not the ITM head or the temperature.
-TEACHER_EXCLUDES = ("itm_head", "temp")
+from albef_struct.models.momentum import TEACHER_EXCLUDES
+from albef_struct.tasks.registry import TaskSpec, current_class_path
 
 
 class ALBEFModule(ALBEFLitBase):
     """Builds ``self.model`` (an :class:`ALBEF`), ``self.teacher`` when distilling, and loads ``init_from``.
 
-    Subclasses set :attr:`fresh_heads`: the parameters a source checkpoint may
-    lack (e.g. a new classifier), with the reason reported when they start fresh.
-    ``init_from`` accepts this project's checkpoints and official ALBEF files.
+    Every task module is registered with
+    :func:`~albef_struct.tasks.registry.register_task`, which sets :attr:`task_spec`:
+    its heads, defaults and the parameters a source checkpoint may lack (e.g. a new
+    classifier), with the reason reported when they start fresh. ``init_from``
+    accepts this project's checkpoints and official ALBEF files.
     """
 
-    fresh_heads: Mapping[str, str] = {}
+    task_spec: ClassVar[TaskSpec]
 
     def __init__(
         self,
@@ -70,7 +72,17 @@ class ALBEFModule(ALBEFLitBase):
         if self._albef_momentum_before_load and self.teacher is not None:
             self.teacher.copy_from(self.model)
             keep["teacher."] = "ALBEF's NLVR2 script copies the momentum model before loading (parity flag)"
-        self.init_report = load_weights(self, self._init_from, self.fresh_heads, keep)
+        self.init_report = load_weights(self, self._init_from, self.task_spec.fresh_ok, keep)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path | Any, *args: Any, **kwargs: Any) -> Any:
+        """Lightning's ``load_from_checkpoint``; a checkpoint written before the task modules moved into
+        ``albef_struct`` (its hyper-parameters name ``tasks.<module>.<Class>``) loads under the current path."""
+        if "_class_path" not in kwargs and isinstance(checkpoint_path, (str, Path)):
+            stored = stored_class_path(checkpoint_path)
+            if stored is not None and current_class_path(stored) != stored:
+                kwargs["_class_path"] = current_class_path(stored)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def update_teacher(self) -> None:
         """One EMA step of the teacher towards the online model (training only)."""

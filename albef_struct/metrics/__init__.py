@@ -12,13 +12,20 @@ from albef_struct.metrics.geometry import (
 )
 from albef_struct.metrics.probe import linear_probe_accuracy, probe_report
 from albef_struct.metrics.retrieval import chance_recall, recall_at_k, retrieval_metrics
-from albef_struct.metrics.vqa import VQAAccuracy, normalize_answer, vqa_accuracy, write_evalai_submission
+from albef_struct.metrics.vqa import (
+    MajorityAnswerAccuracy,
+    VQAAccuracy,
+    normalize_answer,
+    vqa_accuracy,
+    write_evalai_submission,
+)
 
 __all__ = [
     "chance_recall",
     "recall_at_k",
     "retrieval_metrics",
     "VQAAccuracy",
+    "MajorityAnswerAccuracy",
     "normalize_answer",
     "vqa_accuracy",
     "write_evalai_submission",

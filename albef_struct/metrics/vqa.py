@@ -17,13 +17,15 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
-__all__ = ["normalize_answer", "vqa_accuracy", "VQAAccuracy", "write_evalai_submission"]
+__all__ = ["normalize_answer", "vqa_accuracy", "VQAAccuracy", "MajorityAnswerAccuracy", "write_evalai_submission"]
 
 # Punctuation the official evaluation deletes or turns into a space. Periods are
 # handled separately (kept before a digit, as in "2.5"); apostrophes and colons stay.
@@ -145,6 +147,54 @@ class VQAAccuracy(Metric):
     def compute(self) -> torch.Tensor:
         """Mean accuracy (NaN before any update)."""
         return (self.accuracy_sum / self.count).float()
+
+
+class MajorityAnswerAccuracy(Metric):
+    """VQA accuracy of the best constant answer: always giving the same candidate (the chance level).
+
+    Sums, for every candidate of the answer list, the accuracy it would score on
+    each question seen; the best candidate's mean is the majority-answer baseline
+    (see :meth:`compute`). Questions without annotator answers are not counted.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("candidate", default=[], dist_reduce_fx="cat")
+        self.add_state("score", default=[], dist_reduce_fx="cat")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, annotator_answers: Sequence[Sequence[str]], lookup: Mapping[str, int]) -> None:
+        """Add questions (their annotator answers); ``lookup`` maps a normalised answer to its candidate index."""
+        candidates, scores, questions = [], [], 0
+        for answers in annotator_answers:
+            if not answers:
+                continue
+            questions += 1
+            for answer in {normalize_answer(a) for a in answers}:
+                index = lookup.get(answer)
+                if index is not None:  # only answers the model could give score above 0
+                    candidates.append(index)
+                    scores.append(vqa_accuracy(answer, answers))
+        self.count += questions
+        if candidates:
+            self.candidate.append(torch.tensor(candidates, dtype=torch.long, device=self.device))
+            self.score.append(torch.tensor(scores, dtype=torch.float64, device=self.device))
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """``acc`` (mean accuracy of the best candidate), ``answer_index`` (-1: none matched), ``count`` (questions)."""
+        count = self.count.clamp(min=1)
+        candidate = dim_zero_cat(self.candidate).long() if len(self.candidate) else None
+        if candidate is None or candidate.numel() == 0:
+            zero = torch.tensor(0.0, device=self.device)
+            return {"acc": zero, "answer_index": torch.tensor(-1, device=self.device), "count": self.count.clone()}
+        totals = torch.zeros(int(candidate.max()) + 1, dtype=torch.float64, device=candidate.device)
+        totals.index_add_(0, candidate, dim_zero_cat(self.score).double())
+        best = totals.argmax()
+        return {"acc": (totals[best] / count).float(), "answer_index": best, "count": self.count.clone()}
 
 
 def write_evalai_submission(

@@ -9,6 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+#: What ALBEF's momentum models leave out: they copy encoders, projections and heads, but not the ITM head or
+#: the temperature (every teacher of this project's task modules, and of their checkpoints' weights).
+TEACHER_EXCLUDES = ("itm_head", "temp")
+
 
 def make_teacher(student: nn.Module, exclude: Iterable[str] = ()) -> nn.Module:
     """Deep-copy ``student`` without the named direct children/parameters, frozen.

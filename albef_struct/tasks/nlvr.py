@@ -19,40 +19,24 @@ with its single fusion layer (ALBEF's TA conversion).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 
+from albef_struct.data import NLVRDataModule, PretrainDataModule
 from albef_struct.data.collate import is_empty_batch
 from albef_struct.lit.classification import ClassifierModule
 from albef_struct.lit.schedule import OptimConfig
 from albef_struct.lit.task import ALBEFModule
-from albef_struct.models import ALBEF, ALBEFConfig, VisionConfig
 from albef_struct.losses.classification import distilled_cross_entropy
+from albef_struct.models import ALBEF, ALBEFConfig
+from albef_struct.tasks.registry import SummaryMetric, register_task
 
-
-# The heads each stage builds; the user's ``arch`` only chooses the sizes.
-NLVR_HEADS: dict[str, Any] = dict(
-    fusion_streams=2, classifier_classes=2, projections=False, itm_head=False, mlm_head=False,
-    answer_decoder_layers=0, ta_head=False,
-)
-TA_HEADS: dict[str, Any] = dict(
-    fusion_streams=2, ta_head=True, projections=True, itm_head=False, mlm_head=False,
-    answer_decoder_layers=0, classifier_classes=0,
-)
 # ALBEF's recipes (NLVR.yaml, NLVR_pretrain.yaml): 100 warm-up steps at 1e-5, then 2e-5.
 NLVR_OPTIM = OptimConfig(lr=2e-5, weight_decay=0.02, warmup_lr=1e-5, warmup_steps=100, min_lr=1e-6)
 TA_OPTIM = OptimConfig(lr=2e-5, weight_decay=0.02, warmup_lr=1e-5, warmup_steps=100, min_lr=1e-5)
 
 TA_TEMPERATURE = 0.07  # ALBEF's fixed temperature of the image-image similarities (not the learnable temp)
-
-
-def with_heads(arch: ALBEFConfig | dict[str, Any] | None, heads: dict[str, Any], image_res: int) -> ALBEFConfig:
-    """``arch`` (sizes) with the head flags a task needs; None gives ALBEF-base at ``image_res``."""
-    base = ALBEFConfig.from_dict(arch) if arch is not None else ALBEFConfig(vision=VisionConfig(img_size=image_res))
-    return replace(base, **heads)
 
 
 # --- shared computation ---------------------------------------------------------------------------
@@ -147,6 +131,17 @@ def sample_text_assignment(
 
 
 # --- NLVR2 fine-tuning -------------------------------------------------------------------------------
+@register_task(
+    "nlvr", "NLVR2 (paired fusion layers, 2-way classifier)",
+    datamodule=NLVRDataModule,
+    heads={"fusion_streams": 2, "classifier_classes": 2},
+    fresh_ok={"cls_head.": "new NLVR2 classifier (ALBEF initialises it fresh)"},
+    optim=NLVR_OPTIM,
+    training_loss="classification_losses",
+    result_name="nlvr_test",
+    title="NLVR2",
+    summary=(SummaryMetric("acc", "accuracy"),),
+)
 class NLVRModule(ClassifierModule):
     """NLVR2 fine-tuning: a 2-way classifier on the fused [CLS] of text attending an image pair.
 
@@ -180,9 +175,7 @@ class NLVRModule(ClassifierModule):
         albef_momentum_before_load: reproduce ALBEF's teacher initialisation (see above).
     """
 
-    fresh_heads = {"cls_head.": "new NLVR2 classifier (ALBEF initialises it fresh)"}
     class_names = ("False", "True")
-    result_name = "nlvr_test"
 
     def __init__(
         self,
@@ -196,7 +189,7 @@ class NLVRModule(ClassifierModule):
         albef_momentum_before_load: bool = False,
     ) -> None:
         super().__init__(
-            with_heads(arch, NLVR_HEADS, image_res=384), optim or NLVR_OPTIM, alpha, alpha_warmup, distill, momentum,
+            self.task_spec.arch(arch), optim or self.task_spec.optim, alpha, alpha_warmup, distill, momentum,
             init_from, albef_momentum_before_load,
         )
         self.load_init_weights()
@@ -212,6 +205,15 @@ class NLVRModule(ClassifierModule):
 
 
 # --- text-assignment pretraining ----------------------------------------------------------------------
+@register_task(
+    "nlvr_pretrain", "NLVR2 text-assignment pretraining",
+    datamodule=PretrainDataModule,
+    heads={"fusion_streams": 2, "projections": True, "ta_head": True},
+    teacher=False,
+    fresh_ok={"ta_head.": "new text-assignment head (ALBEF initialises it fresh)"},
+    image_res=256,
+    optim=TA_OPTIM,
+)
 class TextAssignmentModule(ALBEFModule):
     """NLVR2's text-assignment pretraining (ALBEF's ``Pretrain_nlvr.py``).
 
@@ -237,8 +239,6 @@ class TextAssignmentModule(ALBEFModule):
             (by ``image_idx``) as "similar" images; ALBEF excludes only the caption's own row.
     """
 
-    fresh_heads = {"ta_head.": "new text-assignment head (ALBEF initialises it fresh)"}
-
     def __init__(
         self,
         arch: ALBEFConfig | None = None,
@@ -247,7 +247,7 @@ class TextAssignmentModule(ALBEFModule):
         exclude_same_image: bool = True,
     ) -> None:
         super().__init__(
-            with_heads(arch, TA_HEADS, image_res=256), optim or TA_OPTIM, alpha=0.0, alpha_warmup=False, distill=False,
+            self.task_spec.arch(arch), optim or self.task_spec.optim, alpha=0.0, alpha_warmup=False, distill=False,
             init_from=init_from,
         )
         self.exclude_same_image = exclude_same_image

@@ -24,34 +24,36 @@ load when the module is built, so no ``--ckpt_path`` is needed.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import torch
 
+from albef_struct.data import RetrievalDataModule
 from albef_struct.data.collate import is_empty_batch
 from albef_struct.lit.alignment import AlignmentMixin, checked_uniform_negative_steps
-from albef_struct.lit.retrieval_eval import RetrievalEvalMixin
+from albef_struct.lit.retrieval_eval import ITC_RECALL, ITM_RECALL, RETRIEVAL_TEST_RESULTS, RetrievalEvalMixin
 from albef_struct.lit.schedule import OptimConfig
 from albef_struct.lit.task import ALBEFModule
 from albef_struct.losses import InfoNCEQueueLoss
-from albef_struct.models import ALBEFConfig, FeatureQueue, VisionConfig
+from albef_struct.models import ALBEFConfig, FeatureQueue
+from albef_struct.tasks.registry import register_task
 
-# The heads retrieval builds; the user's ``arch`` only chooses the sizes.
-RETRIEVAL_HEADS: dict[str, Any] = dict(
-    projections=True, itm_head=True, mlm_head=False, answer_decoder_layers=0, classifier_classes=0,
-    ta_head=False, fusion_streams=1,
-)
 # ALBEF's Retrieval_coco.yaml / Retrieval_flickr.yaml: lr 1e-5 (warm-up from 1e-5, i.e. none), cosine to 1e-6.
 RETRIEVAL_OPTIM = OptimConfig(lr=1e-5, weight_decay=0.02, warmup_lr=1e-5, warmup_steps=100, min_lr=1e-6)
 
 
-def retrieval_arch(arch: ALBEFConfig | dict[str, Any] | None) -> ALBEFConfig:
-    """``arch`` (sizes; None: ALBEF-base at 384 px) with the retrieval head flags."""
-    base = ALBEFConfig.from_dict(arch) if arch is not None else ALBEFConfig(vision=VisionConfig(img_size=384))
-    return replace(base, **RETRIEVAL_HEADS)
-
-
+@register_task(
+    "retrieval", "image-text retrieval (ITC + ITM)",
+    datamodule=RetrievalDataModule,
+    heads={"projections": True, "itm_head": True},
+    queue=True,
+    fresh_ok={"queue.": "the checkpoint has no feature queue (e.g. ALBEF's released fine-tuned files); it starts random"},
+    optim=RETRIEVAL_OPTIM,
+    training_loss="retrieval_losses",
+    result_name=RETRIEVAL_TEST_RESULTS,
+    title="retrieval fine-tuned",
+    summary=ITC_RECALL + ITM_RECALL,
+)
 class RetrievalModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
     """Retrieval fine-tuning (ITC with same-image positives + hard-negative ITM) and evaluation.
 
@@ -84,10 +86,6 @@ class RetrievalModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         rerank_batch_size: image-text pairs per fusion call when re-ranking.
     """
 
-    fresh_heads = {
-        "queue.": "the checkpoint has no feature queue (e.g. ALBEF's released fine-tuned files); it starts random",
-    }
-
     def __init__(
         self,
         arch: ALBEFConfig | None = None,
@@ -106,7 +104,7 @@ class RetrievalModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
     ) -> None:
         # The teacher always exists: its features fill the queue even without distillation.
         super().__init__(
-            retrieval_arch(arch), optim or RETRIEVAL_OPTIM, alpha, alpha_warmup, distill=True, momentum=momentum,
+            self.task_spec.arch(arch), optim or self.task_spec.optim, alpha, alpha_warmup, distill=True, momentum=momentum,
             init_from=init_from,
         )
         if k_test < 1:

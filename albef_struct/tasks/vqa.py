@@ -31,222 +31,34 @@ results folder.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
+from albef_struct.data import VQADataModule
 from albef_struct.data.collate import is_empty_batch
 from albef_struct.lit.schedule import OptimConfig
 from albef_struct.lit.task import ALBEFModule
-from albef_struct.losses import soft_cross_entropy
-from albef_struct.metrics import VQAAccuracy, normalize_answer, vqa_accuracy, write_evalai_submission
+from albef_struct.metrics import VQAAccuracy, normalize_answer, write_evalai_submission
 from albef_struct.metrics.report import report_results
-from albef_struct.models import ALBEF, ALBEFConfig, VisionConfig
+from albef_struct.metrics.vqa import MajorityAnswerAccuracy
+from albef_struct.models import ALBEF, ALBEFConfig
+from albef_struct.tasks.registry import PER_FUSION_LAYER, SummaryMetric, register_task
+from albef_struct.tasks.vqa_answers import (
+    RankedAnswers,
+    answer_losses,
+    question_states,
+    rank_answers,
+    repeat_per_answer,
+    vqa_loss,
+)
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
-# The heads VQA builds; the user's ``arch`` chooses the sizes (and may set answer_decoder_layers).
-VQA_HEADS: dict[str, Any] = dict(
-    projections=False, itm_head=False, mlm_head=False, classifier_classes=0, ta_head=False, fusion_streams=1,
-)
 # ALBEF's VQA.yaml: 4 warm-up "epochs" of 100 iterations from 1e-5 to 2e-5, then a per-epoch cosine to 1e-6.
 VQA_OPTIM = OptimConfig(lr=2e-5, weight_decay=0.02, warmup_lr=1e-5, warmup_steps=400, min_lr=1e-6)
-
-#: ``decoder(input_ids, attention_mask, encoder_hidden, encoder_mask) -> logits [N, L, vocab]``
-Decoder = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def vqa_arch(arch: ALBEFConfig | dict[str, Any] | None) -> ALBEFConfig:
-    """``arch`` (sizes; None: ALBEF-base at 384 px) with the VQA heads.
-
-    ``answer_decoder_layers`` 0 (unset) means one decoder layer per fusion layer,
-    as ALBEF (its decoder is a copy of the fusion layers).
-    """
-    base = ALBEFConfig.from_dict(arch) if arch is not None else ALBEFConfig(vision=VisionConfig(img_size=384))
-    layers = base.answer_decoder_layers or base.text.fusion_layers
-    return replace(base, answer_decoder_layers=layers, **VQA_HEADS)
-
-
-# --- pure functions: encoder, loss, ranking ---------------------------------------------------------------
-def question_states(
-    model: ALBEF, images: torch.Tensor, question_ids: torch.Tensor, question_mask: torch.Tensor
-) -> torch.Tensor:
-    """Fused hidden states ``[B, Lq, H]``: text layers, then fusion layers attending every image token."""
-    image = model.encode_image(images).embeds
-    text = model.encode_text(question_ids, question_mask).embeds
-    return model.fuse(text, question_mask, image)
-
-
-def repeat_per_answer(
-    states: torch.Tensor,
-    mask: torch.Tensor,
-    answers_per_question: torch.Tensor | Sequence[int],
-    total: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Question ``i``'s states and mask repeated ``answers_per_question[i]`` times, in order.
-
-    ``total`` (the number of answers, ``sum(answers_per_question)``) avoids a
-    device synchronisation when given.
-    """
-    counts = torch.as_tensor(answers_per_question, dtype=torch.long, device=states.device)
-    return (
-        states.repeat_interleave(counts, dim=0, output_size=total),
-        mask.repeat_interleave(counts, dim=0, output_size=total),
-    )
-
-
-def answer_token_nll(logits: torch.Tensor, answer_ids: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
-    """Next-token NLL ``[N, L-1]`` of every answer token (``logits[:, :-1]`` predict ``ids[:, 1:]``); 0 at padding.
-
-    Column 0 is the first answer token after ``[CLS]``. Computed in float32.
-    """
-    targets = answer_ids[:, 1:].masked_fill(answer_mask[:, 1:] == 0, IGNORE_INDEX)
-    predictions = logits[:, :-1].float()
-    nll = F.cross_entropy(
-        predictions.reshape(-1, predictions.shape[-1]), targets.reshape(-1),
-        ignore_index=IGNORE_INDEX, reduction="none",
-    )
-    return nll.view(targets.shape)
-
-
-def answer_losses(
-    logits: torch.Tensor,
-    answer_ids: torch.Tensor,
-    answer_mask: torch.Tensor,
-    teacher_logits: torch.Tensor | None = None,
-    alpha: float | torch.Tensor = 0.0,
-) -> torch.Tensor:
-    """Per-answer loss ``[N]``: summed token NLL, distilled as ALBEF's answer decoder does.
-
-    ``(1 - alpha) · Σ_t NLL_t + alpha · Σ_t soft-CE(logits_t, softmax(teacher_logits_t))``
-    over the non-padding answer tokens; plain summed NLL without ``teacher_logits``.
-    """
-    nll = answer_token_nll(logits, answer_ids, answer_mask).sum(dim=1)
-    if teacher_logits is None:
-        return nll
-    soft_targets = teacher_logits[:, :-1].detach().float().softmax(dim=-1)
-    soft = soft_cross_entropy(logits[:, :-1].float(), soft_targets)
-    distill = (soft * answer_mask[:, 1:].to(soft.dtype)).sum(dim=1)
-    return (1.0 - alpha) * nll + alpha * distill
-
-
-def vqa_loss(per_answer: torch.Tensor, answer_weights: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """ALBEF's batch loss: ``Σ weight · per-answer loss / number of questions``."""
-    return (answer_weights.to(per_answer.dtype) * per_answer).sum() / batch_size
-
-
-class RankedAnswers(NamedTuple):
-    """The top-``k`` candidates per question, best first: indices into the answer list and probabilities."""
-
-    ids: torch.Tensor  # [B, k] long
-    probs: torch.Tensor  # [B, k], a softmax over the k re-scored candidates
-
-
-def rank_answers(
-    decoder: Decoder,
-    question_states: torch.Tensor,
-    question_mask: torch.Tensor,
-    answer_ids: torch.Tensor,
-    answer_mask: torch.Tensor,
-    k: int,
-    albef_first_token_double_count: bool = False,
-    chunk_size: int | None = None,
-) -> RankedAnswers:
-    """Rank the candidate answers (``[A, La]``, ``[CLS] answer [SEP]``) of every question.
-
-    1. One decoder step from ``[CLS]`` gives ``p(first token)`` of every candidate
-       (``answer_ids[:, 1]``); the top ``k`` (clamped to ``A``) are kept.
-    2. Those ``k`` candidates are teacher-forced; score = ``log p(first token) +
-       log p(rest of the sequence)``, so each token counts once (the candidate's
-       log-likelihood). ``albef_first_token_double_count`` adds the log-likelihood
-       of the *whole* sequence instead, counting the first token twice, as ALBEF.
-    3. Softmax over the ``k`` scores, sorted best first.
-
-    ``chunk_size`` bounds the candidate sequences per decoder pass (memory: the
-    logits are ``[chunk, La, vocab]``); None runs all ``B·k`` in one pass.
-    """
-    num_questions, num_answers = question_states.shape[0], answer_ids.shape[0]
-    if num_answers == 0:
-        raise ValueError("rank_answers: the answer list is empty; pass at least one candidate answer")
-    k = max(1, min(int(k), num_answers))
-    start = answer_ids[:1, :1].expand(num_questions, 1)  # [CLS]
-    start_logits = decoder(start, torch.ones_like(start), question_states, question_mask)[:, 0]
-    first_probs = start_logits.float().softmax(dim=-1).index_select(1, answer_ids[:, 1])  # [B, A]
-    topk_probs, topk_ids = first_probs.topk(k, dim=1)
-
-    candidate_ids = answer_ids[topk_ids].flatten(0, 1)  # [B*k, La], question-major
-    candidate_mask = answer_mask[topk_ids].flatten(0, 1)
-    states = question_states.repeat_interleave(k, dim=0)
-    state_mask = question_mask.repeat_interleave(k, dim=0)
-    step = candidate_ids.shape[0] if not chunk_size else int(chunk_size)
-    token_nll = torch.cat([
-        answer_token_nll(
-            decoder(candidate_ids[s : s + step], candidate_mask[s : s + step], states[s : s + step], state_mask[s : s + step]),
-            candidate_ids[s : s + step], candidate_mask[s : s + step],
-        )
-        for s in range(0, candidate_ids.shape[0], step)
-    ])  # [B*k, La-1]
-    # ALBEF counts the first answer token twice (its sequence NLL already holds it); kept behind the flag for parity.
-    sequence_nll = token_nll.sum(dim=1) if albef_first_token_double_count else token_nll[:, 1:].sum(dim=1)
-    scores = topk_probs.log() - sequence_nll.view(num_questions, k)
-    probs, order = scores.softmax(dim=1).topk(k, dim=1)
-    return RankedAnswers(topk_ids.gather(1, order), probs)
-
-
-# --- the majority-answer baseline ---------------------------------------------------------------------------
-class MajorityAnswerAccuracy(Metric):
-    """VQA accuracy of the best constant answer: always giving the same candidate (the chance level).
-
-    Sums, for every candidate of the answer list, the accuracy it would score on
-    each question seen; the best candidate's mean is the majority-answer baseline
-    (see :meth:`compute`). Questions without annotator answers are not counted.
-    """
-
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.add_state("candidate", default=[], dist_reduce_fx="cat")
-        self.add_state("score", default=[], dist_reduce_fx="cat")
-        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, annotator_answers: Sequence[Sequence[str]], lookup: Mapping[str, int]) -> None:
-        """Add questions (their annotator answers); ``lookup`` maps a normalised answer to its candidate index."""
-        candidates, scores, questions = [], [], 0
-        for answers in annotator_answers:
-            if not answers:
-                continue
-            questions += 1
-            for answer in {normalize_answer(a) for a in answers}:
-                index = lookup.get(answer)
-                if index is not None:  # only answers the model could give score above 0
-                    candidates.append(index)
-                    scores.append(vqa_accuracy(answer, answers))
-        self.count += questions
-        if candidates:
-            self.candidate.append(torch.tensor(candidates, dtype=torch.long, device=self.device))
-            self.score.append(torch.tensor(scores, dtype=torch.float64, device=self.device))
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        """``acc`` (mean accuracy of the best candidate), ``answer_index`` (-1: none matched), ``count`` (questions)."""
-        count = self.count.clamp(min=1)
-        candidate = dim_zero_cat(self.candidate).long() if len(self.candidate) else None
-        if candidate is None or candidate.numel() == 0:
-            zero = torch.tensor(0.0, device=self.device)
-            return {"acc": zero, "answer_index": torch.tensor(-1, device=self.device), "count": self.count.clone()}
-        totals = torch.zeros(int(candidate.max()) + 1, dtype=torch.float64, device=candidate.device)
-        totals.index_add_(0, candidate, dim_zero_cat(self.score).double())
-        best = totals.argmax()
-        return {"acc": (totals[best] / count).float(), "answer_index": best, "count": self.count.clone()}
 
 
 class AnswerCandidates(NamedTuple):
@@ -258,6 +70,16 @@ class AnswerCandidates(NamedTuple):
 
 
 # --- the LightningModule -------------------------------------------------------------------------------------
+@register_task(
+    "vqa", "VQA (answer decoder = copies of the fusion layers)",
+    datamodule=VQADataModule,
+    heads={"answer_decoder_layers": PER_FUSION_LAYER},
+    optim=VQA_OPTIM,
+    training_loss="vqa_training_loss",
+    result_name="vqa_test",
+    title="VQA",
+    summary=(SummaryMetric("acc", "VQA accuracy (chance: best constant answer)"),),
+)
 class VQAModule(ALBEFModule):
     """VQA fine-tuning (``VQADataModule`` batches) and answer ranking.
 
@@ -289,9 +111,6 @@ class VQAModule(ALBEFModule):
         rank_chunk_size: candidate sequences per decoder pass when ranking (memory bound).
     """
 
-    fresh_heads: Mapping[str, str] = {}
-    result_name = "vqa_test"
-
     def __init__(
         self,
         arch: ALBEFConfig | None = None,
@@ -305,7 +124,7 @@ class VQAModule(ALBEFModule):
         albef_first_token_double_count: bool = False,
         rank_chunk_size: int | None = 2048,
     ) -> None:
-        super().__init__(vqa_arch(arch), optim or VQA_OPTIM, alpha, alpha_warmup, distill, momentum, init_from)
+        super().__init__(self.task_spec.arch(arch), optim or self.task_spec.optim, alpha, alpha_warmup, distill, momentum, init_from)
         if k_test < 1:
             raise ValueError(f"k_test must be >= 1 (candidates re-scored per question), got {k_test}")
         self.k_test = k_test
@@ -482,13 +301,13 @@ class VQAModule(ALBEFModule):
         extra: dict[str, Any] = {"predictions_file": str(path) if path else None}
         if acc is None:
             extra["note"] = "no annotator answers in the test set: submit the predictions file to EvalAI"
-            report_results(self.results_dir, self.result_name, {}, {}, extra=extra)
+            report_results(self.results_dir, self.task_spec.result_name, {}, {}, extra=extra)
             return
         best = int(chance["answer_index"])
         extra.update(n_annotated_questions=int(chance["count"]),
                      majority_answer=self.answer_candidates().answers[best] if best >= 0 else None)
         report_results(
-            self.results_dir, self.result_name, {"acc": float(acc)}, {"acc": 100.0 * float(chance["acc"])}, extra=extra
+            self.results_dir, self.task_spec.result_name, {"acc": float(acc)}, {"acc": 100.0 * float(chance["acc"])}, extra=extra
         )
 
     def on_predict_epoch_end(self) -> None:

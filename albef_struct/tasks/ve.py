@@ -12,29 +12,19 @@ The training and evaluation steps are shared with NLVR2 (:class:`ClassifierModul
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import torch
 
+from albef_struct.data import VEDataModule
 from albef_struct.lit.classification import ClassifierModule
 from albef_struct.lit.schedule import OptimConfig
-from albef_struct.models import ALBEF, ALBEFConfig, VisionConfig
+from albef_struct.models import ALBEF, ALBEFConfig
+from albef_struct.tasks.registry import SummaryMetric, register_task
 
 VE_LABELS = ("contradiction", "neutral", "entailment")  # class index = position (ALBEF's ve_dataset)
-# The heads VE builds; the user's ``arch`` only chooses the sizes.
-VE_HEADS: dict[str, Any] = dict(
-    classifier_classes=len(VE_LABELS), projections=False, itm_head=False, mlm_head=False,
-    answer_decoder_layers=0, ta_head=False, fusion_streams=1,
-)
 # ALBEF's VE.yaml: 100 warm-up steps at 1e-5, then 2e-5 with a per-epoch cosine to 1e-6.
 VE_OPTIM = OptimConfig(lr=2e-5, weight_decay=0.02, warmup_lr=1e-5, warmup_steps=100, min_lr=1e-6)
-
-
-def ve_arch(arch: ALBEFConfig | dict[str, Any] | None) -> ALBEFConfig:
-    """``arch`` (sizes; None: ALBEF-base at 384 px) with the VE head flags."""
-    base = ALBEFConfig.from_dict(arch) if arch is not None else ALBEFConfig(vision=VisionConfig(img_size=384))
-    return replace(base, **VE_HEADS)
 
 
 def ve_logits(
@@ -46,6 +36,20 @@ def ve_logits(
     return model.classify(model.fuse(text, attention_mask, image))
 
 
+@register_task(
+    "ve", "SNLI-VE (3-way classifier)",
+    datamodule=VEDataModule,
+    heads={"classifier_classes": len(VE_LABELS)},
+    fresh_ok={"cls_head.": "new 3-way entailment classifier (ALBEF initialises it fresh)"},
+    optim=VE_OPTIM,
+    training_loss="classification_losses",
+    result_name="ve_test",
+    title="SNLI-VE",
+    summary=(
+        SummaryMetric("acc", "accuracy"),
+        SummaryMetric("acc_entail_vs_contra", "accuracy on entailment vs contradiction (needs the image)"),
+    ),
+)
 class VEModule(ClassifierModule):
     """SNLI-VE fine-tuning and evaluation (``VEDataModule`` batches: image, text, ``label``).
 
@@ -67,9 +71,7 @@ class VEModule(ClassifierModule):
         init_from: checkpoint to start from (this project's, or an official ALBEF file).
     """
 
-    fresh_heads = {"cls_head.": "new 3-way entailment classifier (ALBEF initialises it fresh)"}
     class_names = VE_LABELS
-    result_name = "ve_test"
 
     def __init__(
         self,
@@ -81,7 +83,7 @@ class VEModule(ClassifierModule):
         momentum: float = 0.995,
         init_from: str | None = None,
     ) -> None:
-        super().__init__(ve_arch(arch), optim or VE_OPTIM, alpha, alpha_warmup, distill, momentum, init_from)
+        super().__init__(self.task_spec.arch(arch), optim or self.task_spec.optim, alpha, alpha_warmup, distill, momentum, init_from)
         self.load_init_weights()
 
     def subset_metrics(self, confusion: torch.Tensor) -> tuple[dict[str, float], dict[str, float]]:

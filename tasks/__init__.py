@@ -1,1 +1,0 @@
-"""Downstream tasks: one LightningModule per task (retrieval, VQA, NLVR2, SNLI-VE)."""
