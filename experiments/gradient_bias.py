@@ -85,7 +85,7 @@ from typing import Literal
 
 import torch
 
-from albef_struct.losses.decomposable import (
+from albef_struct.losses.decomposable_estimators import (
     cosine_gamma,
     ema_log_update,
     log_bank_denominator,

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from albef_struct.losses import ContrastiveInputs
-from albef_struct.losses.decomposable import (
-    DecomposableLoss,
+from albef_struct.losses.decomposable import DecomposableLoss
+from albef_struct.losses.decomposable_estimators import (
     cosine_gamma,
     decomposable_surrogate,
     log_bank_denominator,

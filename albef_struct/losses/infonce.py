@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from albef_struct.losses.contrastive import ContrastiveInputs, ContrastiveLoss, ContrastiveOutput
+from albef_struct.losses.contrastive_base import ContrastiveInputs, ContrastiveLoss, ContrastiveOutput
 
 
 def candidate_similarities(inputs: ContrastiveInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from albef_struct.losses.contrastive import ContrastiveInputs, ContrastiveLoss, ContrastiveOutput
+from albef_struct.losses.contrastive_base import ContrastiveInputs, ContrastiveLoss, ContrastiveOutput
 from albef_struct.losses.infonce import candidate_similarities
 
 

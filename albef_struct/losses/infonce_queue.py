@@ -1,0 +1,78 @@
+"""ALBEF's image-text contrastive loss: a momentum-feature queue as extra candidates, distilled targets."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from albef_struct.losses.contrastive_base import ContrastiveInputs, ContrastiveLoss, ContrastiveOutput
+from albef_struct.losses.mlm import soft_cross_entropy
+
+__all__ = ["InfoNCEQueueLoss", "positive_targets"]
+
+
+def positive_targets(image_ids: torch.Tensor | None, candidate_ids: torch.Tensor | None, batch: int, total: int, device: torch.device) -> torch.Tensor:
+    """Row-normalised ``[B, total]`` targets: 1 where a candidate shows the anchor's image.
+
+    Without ids the positives are the diagonal of the first ``batch`` columns.
+    """
+    if image_ids is None or candidate_ids is None:
+        targets = torch.zeros(batch, total, device=device)
+        targets[:, :batch].fill_diagonal_(1.0)
+        return targets
+    positives = (image_ids.view(-1, 1) == candidate_ids.view(1, -1)).float()
+    return positives / positives.sum(dim=1, keepdim=True)
+
+
+class InfoNCEQueueLoss(ContrastiveLoss):
+    """ALBEF's ITC: candidates = [batch momentum features, queue], momentum-distilled targets.
+
+    Targets are ``alpha * softmax(teacher logits) + (1 - alpha) * positives``;
+    positives are the diagonal, or every candidate of the same image when
+    ``same_image_positives`` is on and image ids are given (retrieval). The
+    student's logits use the teacher's candidate features, as ALBEF does.
+    """
+
+    uses_queue = True
+    uses_teacher = True
+
+    def __init__(self, same_image_positives: bool = False) -> None:
+        super().__init__()
+        self.same_image_positives = same_image_positives
+
+    def forward(self, inputs: ContrastiveInputs) -> ContrastiveOutput:
+        if inputs.image_feat_m is None or inputs.text_feat_m is None:
+            raise ValueError("infonce_queue needs the momentum teacher's features")
+        batch = inputs.image_feat.shape[0]
+        image_all = _with_queue(inputs.image_feat_m, inputs.image_queue)
+        text_all = _with_queue(inputs.text_feat_m, inputs.text_queue)
+        ids, candidate_ids = None, None
+        if self.same_image_positives and inputs.image_ids is not None:
+            ids = inputs.image_ids
+            candidate_ids = ids if inputs.queue_ids is None else torch.cat([ids, inputs.queue_ids.view(-1)])
+        targets = positive_targets(ids, candidate_ids, batch, image_all.shape[1], image_all.device)
+
+        with torch.no_grad():
+            sim_i2t_m = inputs.image_feat_m @ text_all / inputs.temp
+            sim_t2i_m = inputs.text_feat_m @ image_all / inputs.temp
+            targets_i2t = inputs.alpha * F.softmax(sim_i2t_m, dim=1) + (1 - inputs.alpha) * targets
+            targets_t2i = inputs.alpha * F.softmax(sim_t2i_m, dim=1) + (1 - inputs.alpha) * targets
+
+        sim_i2t = inputs.image_feat @ text_all / inputs.temp
+        sim_t2i = inputs.text_feat @ image_all / inputs.temp
+        loss_i2t = soft_cross_entropy(sim_i2t, targets_i2t).mean()
+        loss_t2i = soft_cross_entropy(sim_t2i, targets_t2i).mean()
+        return ContrastiveOutput(
+            loss=(loss_i2t + loss_t2i) / 2,
+            sim_i2t=sim_i2t[:, :batch],
+            sim_t2i=sim_t2i[:, :batch],
+            logs={"itc_i2t": loss_i2t.detach(), "itc_t2i": loss_t2i.detach()},
+        )
+
+
+def _with_queue(batch_feats: torch.Tensor, queue: torch.Tensor | None) -> torch.Tensor:
+    """``[D, B (+ Q)]``: the batch's features as columns, then the queue."""
+    columns = batch_feats.T
+    if queue is None:
+        return columns
+    return torch.cat([columns, queue.clone().detach().to(columns.dtype)], dim=1)
