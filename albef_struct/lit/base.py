@@ -9,7 +9,8 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from albef_struct.lit.reliability import check_state_shapes, observe_losses
+from albef_struct.lit.reliability.nonfinite_guard import observe_losses
+from albef_struct.lit.reliability.state_shapes import check_state_shapes
 from albef_struct.lit.schedule import OptimConfig, WarmupCosine, ramped_alpha
 
 

@@ -1,0 +1,56 @@
+"""Finding NaN and Inf: in a state dict's tensors or a step's loss terms, one reduction per device and dtype."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+
+__all__ = ["finite_flags", "nonfinite_kind", "nonfinite_tensors", "nonfinite_terms"]
+
+
+def nonfinite_kind(tensor: torch.Tensor) -> str:
+    """``"NaN"`` or ``"Inf"`` for a tensor known to hold a non-finite value."""
+    return "NaN" if bool(torch.isnan(tensor).any()) else "Inf"
+
+
+def finite_flags(tensors: list[torch.Tensor]) -> list[bool]:
+    """Whether each (non-empty, floating) tensor is all finite; one reduction per device and dtype."""
+    flags: list[bool] = [True] * len(tensors)
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, tensor in enumerate(tensors):
+        groups.setdefault((tensor.device, tensor.dtype), []).append(i)
+    for indices in groups.values():
+        norms = torch._foreach_norm([tensors[i] for i in indices], ord=math.inf)  # max |x|; NaN propagates
+        for i, finite in zip(indices, torch.stack(norms).isfinite().tolist()):
+            flags[i] = finite
+    return flags
+
+
+def _floating(items: Iterable[tuple[str, Any]]) -> list[tuple[str, torch.Tensor]]:
+    return [
+        (name, value.detach())
+        for name, value in items
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel() > 0
+    ]
+
+
+def nonfinite_tensors(state: Mapping[str, Any]) -> dict[str, str]:
+    """The floating tensors of ``state`` that hold NaN or Inf, as ``{name: "NaN" | "Inf"}`` (in order)."""
+    named = _floating(state.items())
+    if not named:
+        return {}
+    flags = finite_flags([t for _, t in named])
+    return {name: nonfinite_kind(t) for (name, t), finite in zip(named, flags) if not finite}
+
+
+def nonfinite_terms(losses: Mapping[str, Any]) -> dict[str, str]:
+    """The loss terms that are NaN or Inf, as ``{name: "NaN" | "Inf"}``; plain floats are checked too."""
+    as_tensors = {
+        name: value if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+        for name, value in losses.items()
+        if isinstance(value, (torch.Tensor, float, int))
+    }
+    return nonfinite_tensors(as_tensors)
