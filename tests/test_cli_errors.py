@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from albef_struct.cli import main
-from albef_struct.data.records import BadRecordError
+from albef_struct.data.bad_records import BadRecordError
 from albef_struct.errors import DEBUG_ENV, user_message
 from tests.test_cli import write_config
 
@@ -62,7 +62,7 @@ def test_other_exceptions_keep_their_traceback(monkeypatch):
 def test_an_error_from_a_dataloader_worker_is_unwrapped():
     worker = RuntimeError(
         "Caught BadRecordError in DataLoader worker process 1.\nOriginal Traceback (most recent call last):\n"
-        '  File "x.py", line 1, in f\nalbef_struct.data.records.BadRecordError: a.json, record 7: image is empty'
+        '  File "x.py", line 1, in f\nalbef_struct.data.bad_records.BadRecordError: a.json, record 7: image is empty'
     )
     assert user_message(worker) == "BadRecordError: a.json, record 7: image is empty"
     assert user_message(RuntimeError("Caught KeyError in DataLoader worker process 0.")) is None

@@ -1,5 +1,6 @@
 """Data: ALBEF-format JSON records → cleaned text, transformed images, tokenized batches, DataModules."""
 
+from .bad_records import BadRecordError, SkipReport
 from .collate import (
     ClassificationCollate,
     ImageTextCollate,
@@ -13,11 +14,8 @@ from .collate import (
 )
 from .datamodules import (
     ALBEFDataModule,
-    EpochShuffleSampler,
     NLVRDataModule,
     PretrainDataModule,
-    ResumableDataLoader,
-    ResumableEpochSampler,
     RetrievalDataModule,
     VEDataModule,
     VQADataModule,
@@ -34,16 +32,8 @@ from .datasets import (
     vqa_answer_weights,
 )
 from .images import load_image, resolve_image_path, to_rgb
-from .records import (
-    NLVR_LABELS,
-    SCHEMAS,
-    VE_LABELS,
-    BadRecordError,
-    Record,
-    SkipReport,
-    load_answer_list,
-    load_records,
-)
+from .loaders import EpochShuffleSampler, ResumableDataLoader, ResumableEpochSampler
+from .records import NLVR_LABELS, SCHEMAS, VE_LABELS, Record, load_answer_list, load_records
 from .text import pre_caption, pre_question
 from .text_augment import WordDropSwap
 from .tokenizer import ALBEFTokenizer, default_tokenizer_path

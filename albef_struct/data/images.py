@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .records import BadRecordError
+from .bad_records import BadRecordError
 
 __all__ = ["resolve_image_path", "load_image", "to_rgb"]
 
