@@ -116,7 +116,7 @@ def cache_metadata(data_dir: Path, image_res: int, max_tokens: int,
     arch, text_init = small_preset()
     manifest = Path(data_dir) / "manifest.json"
     if not manifest.is_file():
-        raise FileNotFoundError(f"{manifest} is missing: run `python -m data_prep.demo_data --out {data_dir}`")
+        raise FileNotFoundError(f"{manifest} is missing: run `python -m albef_struct.data_prep.demo_data --out {data_dir}`")
     return {
         "version": CACHE_VERSION,
         "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),

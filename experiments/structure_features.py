@@ -1,7 +1,7 @@
 """Frozen features and metrics for the latent-structure regularizer experiments.
 
 Extends the frozen-feature protocol (:mod:`experiments.frozen_features`) to the
-information-gap demo data (``data_prep.demo_data --info-gap``: a drawn-only *pattern*
+information-gap demo data (``albef_struct.data_prep.demo_data --info-gap``: a drawn-only *pattern*
 and a caption-only *material* per object, besides the shared shape and colour):
 
 * probe labels for shape, colour, pattern (image-private) and material (text-private);
