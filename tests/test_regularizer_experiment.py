@@ -142,12 +142,15 @@ def test_summary_picks_the_best_weight_that_keeps_retrieval_and_judges_the_claim
     # weight 0.1 keeps R@1 and gains 4 stds on the pattern probe; weight 1 gains more but loses R@1
     rows += [_row("feature_separation", 0.1, s, r1, p) for s, (r1, p) in enumerate([(51, 0.64), (52, 0.65), (53, 0.66)])]
     rows += [_row("feature_separation", 1.0, s, r1, p) for s, (r1, p) in enumerate([(40, 0.80), (41, 0.81), (42, 0.82)])]
-    rows += [_row("geometric_consistency", 1.0, s, 52, 0.61, cos=0.1) for s in range(3)]
+    rows += [_row("geometric_consistency", 1.0, s, 48, 0.61, cos=0.1) for s in range(3)]
+    # when no weight keeps R@1, the one that loses least is reported, whatever its probe gain
+    rows += [_row("geometric_consistency", 10.0, s, 40, 0.9, cos=0.05) for s in range(3)]
     summary = summarise(rows)
     sep = summary["claims"]["feature_separation"]
     assert sep["weight"] == 0.1 and sep["keeps_r1"] and sep["improves_2std"]
     assert sep["largest_gain"] == "probe_pattern" and sep["largest_gain_in_std"] == pytest.approx(4.0)
     gc = summary["claims"]["geometric_consistency"]
+    assert gc["weight"] == 1.0 and not gc["keeps_r1"]
     assert gc["matched_cosine_ratio"] == pytest.approx(0.2) and not gc["keeps_matched_cosine"]
     assert not gc["improves_2std"]
     assert summary["table"]["feature_separation w=0.1"]["metrics"]["grad_share"]["0"]["feature_separation/t"] == \
@@ -157,7 +160,7 @@ def test_summary_picks_the_best_weight_that_keeps_retrieval_and_judges_the_claim
 
 def test_grid_and_run_log(tmp_path) -> None:
     configs = grid((0.1, 1.0), (0, 1), ablate=True, views=True)
-    assert len(configs) == 2 * (1 + 3 * 2 + 4 + 2 * 2)
+    assert len(configs) == 2 * (1 + 3 * 2 + 4 + 3 + 2 * 2)
     assert len({json.dumps(c, sort_keys=True) for c in configs}) == len(configs)
     log = tmp_path / "runs.jsonl"
     log.write_text(json.dumps(_row("none", 0.0, 0, 50, 0.6)) + "\n{broken\n")
