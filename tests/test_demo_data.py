@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from albef_struct.data_prep import captions as T
+from albef_struct.data_prep import vqa_questions as Q
 from albef_struct.data_prep import demo_data as D
 from albef_struct.data_prep.shapes import (COLOURS, MATERIALS, PATTERNS, POSITIONS, SHAPES, Scene, SceneObject,
                               object_geometry, render_scene, sample_scene)
@@ -453,13 +454,13 @@ def test_vqa_answers_correct_noisy_and_balanced(demo):
 
 def test_vqa_answer_variants_across_larger_sample():
     rng = np.random.default_rng(0)
-    variants = {a for _ in range(400) for a in T.annotator_answers("gray", rng)}
+    variants = {a for _ in range(400) for a in Q.annotator_answers("gray", rng)}
     assert {"gray", "grey"} <= variants
-    nums = {a for _ in range(400) for a in T.annotator_answers("2", rng)}
+    nums = {a for _ in range(400) for a in Q.annotator_answers("2", rng)}
     assert {"2", "two"} <= nums
-    shapes = {a for _ in range(400) for a in T.annotator_answers("circle", rng)}
+    shapes = {a for _ in range(400) for a in Q.annotator_answers("circle", rng)}
     assert {"circle", "a circle"} <= shapes
-    assert {"Yes", "yes."} & {a for _ in range(400) for a in T.annotator_answers("yes", rng)}
+    assert {"Yes", "yes."} & {a for _ in range(400) for a in Q.annotator_answers("yes", rng)}
 
 
 def test_vqa_accuracy_leave_one_out():

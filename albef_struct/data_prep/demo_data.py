@@ -34,6 +34,8 @@ from typing import Sequence
 import numpy as np
 
 from albef_struct.data_prep import captions as T
+from albef_struct.data_prep import pair_statements as S
+from albef_struct.data_prep import vqa_questions as Q
 from albef_struct.data_prep.shapes import Scene, render_scene, sample_scene
 
 GENERATOR_VERSION = 1
@@ -108,17 +110,17 @@ def build_vqa(split: str, scenes: Sequence[Scene], rng: np.random.Generator
     records, types, canonical = [], [], []
     n_yesno = 0
     for idx, scene in enumerate(scenes):
-        qtypes = [T.QUESTION_TYPES[int(i)] for i in
-                  rng.choice(len(T.QUESTION_TYPES), size=QUESTIONS_PER_IMAGE, replace=False)]
+        qtypes = [Q.QUESTION_TYPES[int(i)] for i in
+                  rng.choice(len(Q.QUESTION_TYPES), size=QUESTIONS_PER_IMAGE, replace=False)]
         for j, qtype in enumerate(qtypes):
             want_yes = n_yesno % 2 == 0
             n_yesno += qtype == "exist"
-            question, answer = T.make_question(scene, qtype, rng, want_yes)
+            question, answer = Q.make_question(scene, qtype, rng, want_yes)
             records.append({
                 "dataset": "vqa",
                 "image": image_rel(split, idx),
                 "question": question,
-                "answer": T.annotator_answers(answer, rng),
+                "answer": Q.annotator_answers(answer, rng),
                 "question_id": SPLIT_CODE[split] * 10_000_000 + idx * 10 + j,
             })
             types.append(qtype)
@@ -142,11 +144,11 @@ def build_nlvr(split: str, scenes: Sequence[Scene], rng: np.random.Generator) ->
     lefts = np.concatenate([rng.permutation(n), rng.permutation(n)])[:n_pairs]
     records = []
     for want, i in zip(labels.tolist(), lefts.tolist()):
-        template = int(rng.integers(len(T.NLVR_TEMPLATES)))
+        template = int(rng.integers(len(S.NLVR_TEMPLATES)))
         for attempt in itertools.count():
             j = int(rng.integers(n - 1))
             j += j >= i
-            sentence = T.make_nlvr_statement(scenes[i], scenes[j], want, rng,
+            sentence = S.make_nlvr_statement(scenes[i], scenes[j], want, rng,
                                              template if attempt < 200 else None)
             if sentence is not None:
                 break
@@ -163,7 +165,7 @@ def build_ve(split: str, scenes: Sequence[Scene], rng: np.random.Generator) -> l
         for k in rng.permutation(len(VE_LABELS)):
             label = VE_LABELS[int(k)]
             records.append({"image": image_rel(split, idx, ext=""),
-                            "sentence": T.make_hypothesis(scene, label, rng), "label": label})
+                            "sentence": S.make_hypothesis(scene, label, rng), "label": label})
     return records
 
 
