@@ -181,3 +181,16 @@ def test_a_truncated_ckpt_path_lists_the_other_checkpoints(tmp_path, demo_dir):
     config = write_config(tmp_path / "run" / "config.yaml", tiny_config(tmp_path / "run", demo_dir))
     with pytest.raises(CheckpointError, match=r"truncated or corrupt.*Other checkpoints in that folder.*step=1\.ckpt"):
         main(["fit", "--config", str(config), "--ckpt_path", str(folder / "last.ckpt")])
+
+
+def test_queue_exists_only_for_the_queued_loss_and_old_queued_state_still_loads() -> None:
+    """infonce/decomposable runs hold no queue; a checkpoint saved when they did resumes without it."""
+    queued = PretrainModule(arch=TINY_ARCH, queue_size=64, k_test=4)
+    in_batch = PretrainModule(arch=TINY_ARCH, queue_size=64, k_test=4, contrastive="infonce")
+    assert queued.queue is not None and in_batch.queue is None
+    assert not [k for k in in_batch.state_dict() if k.startswith("queue.")]
+    old = {"state_dict": {**in_batch.state_dict(), **{k: v for k, v in queued.state_dict().items()
+                                                      if k.startswith("queue.")}}}
+    in_batch.on_load_checkpoint(old)
+    in_batch.load_state_dict(old["state_dict"])  # strict: the stale queue keys are gone
+    assert not [k for k in old["state_dict"] if k.startswith("queue.")]

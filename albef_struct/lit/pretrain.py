@@ -40,7 +40,8 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
     Args:
         arch: model architecture (ALBEF-base by default).
         optim: AdamW + warm-up/cosine settings.
-        queue_size: momentum-feature queue length (ALBEF: 65536).
+        queue_size: momentum-feature queue length (ALBEF: 65536); built only when the
+            contrastive loss reads a queue (``infonce_queue``).
         momentum: EMA coefficient of the teacher (ALBEF: 0.995).
         alpha: distillation weight; ramped from 0 over epoch 0 when ``alpha_warmup``.
         mlm_probability: fraction of tokens masked for MLM.
@@ -110,7 +111,8 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         self.contrastive = build_contrastive_loss(contrastive, **(contrastive_args or {}))
         self.structure = regularizers
         self.augmented_view = augmented_view
-        self.queue = FeatureQueue(arch.embed_dim, queue_size)
+        # only ALBEF's queued ITC reads the queue; at ALBEF-base size it is 128 MiB of buffers
+        self.queue = FeatureQueue(arch.embed_dim, queue_size) if self.contrastive.uses_queue else None
         self.mlm_probability = mlm_probability
         self.itm_weight, self.mlm_weight = itm_weight, mlm_weight
         self.itm_single_fusion_call = itm_single_fusion_call
@@ -119,6 +121,14 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         self.k_test = k_test
         self.rerank_batch_size = rerank_batch_size
         self.load_init_weights()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Runs saved before the queue was built only when used still resume: their unused queue is dropped."""
+        if self.queue is None:
+            state = checkpoint.get("state_dict", {})
+            for key in [k for k in state if k.startswith("queue.")]:
+                del state[key]
+        super().on_load_checkpoint(checkpoint)
 
     # --- training -----------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
