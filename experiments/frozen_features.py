@@ -167,19 +167,30 @@ def _stored_meta(cache: Path) -> dict[str, Any] | None:
     return meta
 
 
-def _encode_all(data_dir: Path, image_res: int, max_tokens: int, device: torch.device,
-                batch_size: int, attributes: dict[str, str]) -> FrozenFeatures:
+def demo_splits(data_dir: Path, image_res: int, max_tokens: int, train_transform: bool = False,
+                ) -> tuple[Any, Any, Any, list[int]]:
+    """The demo data's DataModule, training pairs, retrieval test set and each image's first record.
+
+    ``train_transform`` picks the augmenting training transform for the training images
+    instead of the eval transform.
+    """
     from albef_struct.data import PretrainDataModule, PretrainDataset
-    from albef_struct.data.text import pre_caption
 
     dm = PretrainDataModule(train_files=[str(data_dir / "pretrain.json")],
                             test_file=str(data_dir / "retrieval_test.json"), image_root=str(data_dir),
                             image_res=image_res, num_workers=0, max_tokens=max_tokens)
-    train = PretrainDataset(dm.train_files, dm.image_root, dm.eval_image_transform(), dm.max_words)
+    transform = dm.train_image_transform() if train_transform else dm.eval_image_transform()
+    train = PretrainDataset(dm.train_files, dm.image_root, transform, dm.max_words)
     dm.setup("test")
-    test = dm.eval_sets["test"]
     first_record = {img: rec for rec, img in reversed(list(enumerate(train.image_idx)))}
-    train_rows = [first_record[i] for i in range(len(first_record))]
+    return dm, train, dm.eval_sets["test"], [first_record[i] for i in range(len(first_record))]
+
+
+def _encode_all(data_dir: Path, image_res: int, max_tokens: int, device: torch.device,
+                batch_size: int, attributes: dict[str, str]) -> FrozenFeatures:
+    from albef_struct.data.text import pre_caption
+
+    dm, train, test, train_rows = demo_splits(data_dir, image_res, max_tokens)
     captions, pair_image = [], []
     for rec, img in enumerate(train.image_idx):
         caption = train.records[rec]["caption"]

@@ -37,6 +37,7 @@ from experiments.frozen_features import (
     _encode_texts,
     _frozen_encoders,
     cache_features,
+    demo_splits,
 )
 
 #: probe name -> attribute key in ``attributes_{split}.json``; which side may know it
@@ -83,17 +84,9 @@ def load_structure_features(data_dir: Path, image_res: int = 98, max_tokens: int
 
 
 def _encode_extras(data_dir: Path, image_res: int, max_tokens: int) -> dict[str, Any]:
-    from albef_struct.data import PretrainDataModule, PretrainDataset
     from albef_struct.data.text import pre_caption
 
-    dm = PretrainDataModule(train_files=[str(data_dir / "pretrain.json")],
-                            test_file=str(data_dir / "retrieval_test.json"), image_root=str(data_dir),
-                            image_res=image_res, num_workers=0, max_tokens=max_tokens)
-    train = PretrainDataset(dm.train_files, dm.image_root, dm.train_image_transform(), dm.max_words)
-    dm.setup("test")
-    test = dm.eval_sets["test"]
-    first_record = {img: rec for rec, img in reversed(list(enumerate(train.image_idx)))}
-    train_rows = [first_record[i] for i in range(len(first_record))]
+    dm, train, test, train_rows = demo_splits(data_dir, image_res, max_tokens, train_transform=True)
     # pair rows in the order frozen_features enumerates them: record by record, caption by caption
     pairs_of_image: list[list[int]] = [[] for _ in train_rows]
     num_pairs = 0

@@ -166,3 +166,32 @@ def test_grid_and_run_log(tmp_path) -> None:
     log.write_text(json.dumps(_row("none", 0.0, 0, 50, 0.6)) + "\n{broken\n")
     with pytest.raises(ValueError, match="line 2"):
         read_rows(log)
+
+
+@pytest.mark.slow
+def test_structure_features_encode_the_info_gap_demo_data(tmp_path) -> None:
+    """The real encoders on a tiny information-gap demo set: views, siblings, probe rows, downstream rows."""
+    from albef_struct.data_prep.demo_data import generate
+    from experiments.structure_features import load_structure_features
+
+    data = tmp_path / "demo"
+    generate(data, n_train=10, n_val=4, n_test=6, info_gap=True)
+    features, extras = load_structure_features(data)
+    train = json.loads((data / "pretrain.json").read_text())
+    assert features.train_image.shape[0] == len(train) and features.num_pairs == sum(len(r["caption"]) for r in train)
+    assert set(features.train_labels) == {"shape", "colour", "pattern", "material"}
+    # the second view is the same images, augmented: close to, but not equal to, the eval view
+    assert features.train_image_aug.shape == features.train_image.shape
+    assert not torch.allclose(features.train_image_aug, features.train_image)
+    assert F.cosine_similarity(features.train_image_aug, features.train_image).mean() > 0.5
+    # a pair's sibling shows the same image with another caption
+    sibling = features.pair_sibling
+    assert torch.equal(features.pair_image[sibling], features.pair_image) and (sibling != torch.arange(len(sibling))).all()
+    # each image's text probe row is its first caption
+    assert torch.equal(features.pair_image[extras["text_probe_rows"]["train"]], torch.arange(len(train)))
+    ve = json.loads((data / "ve_test.json").read_text())
+    test_images = [r["image"] for r in json.loads((data / "retrieval_test.json").read_text())]
+    rows = extras["downstream"]["ve"]["test"]["image_rows"][:, 0].tolist()
+    assert [test_images[r].rsplit(".", 1)[0] for r in rows] == [r["image"].rsplit(".", 1)[0] for r in ve]
+    again, _ = load_structure_features(data)  # cached: the same tensors come back
+    assert torch.equal(again.train_image_aug, features.train_image_aug)
