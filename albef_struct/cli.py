@@ -13,7 +13,7 @@ from jsonargparse import Namespace
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from albef_struct.errors import DEBUG_FLAG, debug_requested, hint, user_message
-from albef_struct.tasks.registry import LEGACY_PACKAGE, current_class_path
+from albef_struct.tasks.registry import LEGACY_PACKAGE, TASKS, current_class_path, task_of_class_path
 
 #: Callbacks (in albef_struct.lit.reliability) every run gets unless ``trainer.callbacks`` lists one of that class.
 DEFAULT_CALLBACKS: tuple[str, ...] = ("ConfigValidator", "SkippedRecordsReport", "RNGStateCheckpoint", "RunFolderGuard")
@@ -43,6 +43,9 @@ class CompactErrorParser(LightningArgumentParser):
             return super().error(message, ex)
         lines = [line.strip() for line in message.splitlines() if line.strip()]
         reason = " ".join(line.removeprefix("- ") for line in lines if not line.startswith(_PARSER_NOISE))
+        linked = re.search(r"Call to compute_fn of link '[^']*' with args .* failed: (.*)", reason, re.S)
+        if linked:  # the link's own message, without the whole configuration it was called with
+            reason = linked.group(1)
         moved = re.search(rf"class_path '({re.escape(LEGACY_PACKAGE)}[\w.]+)'", reason)
         if moved:  # a config written before the task modules moved into albef_struct
             reason += f"; the task modules moved into the package: write {current_class_path(moved.group(1))}"
@@ -69,6 +72,50 @@ def with_current_class_paths(config: Any) -> Any:
     return config
 
 
+def model_image_size(model: Namespace) -> int:
+    """The image size the configured model takes: ``arch.vision.img_size``, else its task's default."""
+    init_args = model.get("init_args") or Namespace()
+    arch = init_args.get("arch")
+    if isinstance(arch, Namespace) and "init_args" in arch:  # a dataclass given as class_path + init_args
+        arch = arch.init_args
+    size = arch.get("vision.img_size") if isinstance(arch, Namespace) else None
+    if size is not None:
+        return int(size)
+    task = task_of_class_path(model.get("class_path") or "")
+    if task is None:
+        raise ValueError(f"model {model.get('class_path')} has no model.init_args.arch.vision.img_size and is not a "
+                         "registered task: set the image size there (the DataModule's image_res follows it)")
+    return TASKS[task].image_res
+
+
+def linked_image_res(model: Namespace, data: Namespace) -> int:
+    """``data.init_args.image_res`` follows the model's image size; a different value set there is refused.
+
+    (A value equal to the DataModule's own default cannot be told from an unset one, so it follows too.)
+    """
+    size = model_image_size(model)
+    given = (data.get("init_args") or Namespace()).get("image_res")
+    if given is not None and given != size and given != _default_image_res(data.get("class_path")):
+        raise ValueError(
+            f"data.init_args.image_res={given} differs from the model's image size {size}: the DataModule takes the "
+            "model's (model.init_args.arch.vision.img_size); drop image_res from the data section and set the size there")
+    return size
+
+
+def _default_image_res(class_path: str | None) -> Any:
+    import importlib
+    import inspect
+
+    if not class_path:
+        return None
+    module, _, name = class_path.rpartition(".")
+    try:
+        parameter = inspect.signature(getattr(importlib.import_module(module), name)).parameters.get("image_res")
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return None
+    return None if parameter is None else parameter.default
+
+
 class ALBEFCLI(LightningCLI):
     """LightningCLI with the model and data chosen by class path in YAML, and failure handling built in.
 
@@ -88,6 +135,9 @@ class ALBEFCLI(LightningCLI):
         from albef_struct.lit.reliability import NonFiniteGuard
 
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
+        # the image size is the model's: the DataModule's transforms follow it (said once, in the model)
+        parser.link_arguments(("model", "data"), "data.init_args.image_res", compute_fn=linked_image_res,
+                              apply_on="parse")
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> pl.Trainer:
         from albef_struct.lit import reliability

@@ -24,9 +24,10 @@ SMALL_PRESET = Path(__file__).resolve().parents[1] / "configs/model/small.yaml"
 
 
 def small_preset() -> tuple[ALBEFConfig, str]:
-    """configs/model/small.yaml's architecture and text checkpoint (the one place the preset is defined)."""
+    """configs/model/small.yaml's architecture (the file it names) and text checkpoint."""
     init_args = yaml.safe_load(SMALL_PRESET.read_text())["init_args"]
-    return ALBEFConfig.from_dict(init_args["arch"]), init_args["text_init"]
+    arch = yaml.safe_load((SMALL_PRESET.parent / init_args["arch"]).read_text())
+    return ALBEFConfig.from_dict(arch), init_args["text_init"]
 
 
 def experiment_arch(preset: str, image_res: int, private_heads: bool = False) -> tuple[ALBEFConfig, str | None]:

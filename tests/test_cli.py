@@ -52,7 +52,6 @@ def write_config(tmp_path: Path, demo_dir: Path) -> Path:
                 "val_file": str(demo_dir / "retrieval_val.json"),
                 "test_file": str(demo_dir / "retrieval_test.json"),
                 "image_root": str(demo_dir),
-                "image_res": 32,
                 "batch_size": 16,
                 "eval_batch_size": 8,
                 "num_workers": 0,

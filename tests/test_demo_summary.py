@@ -79,37 +79,44 @@ def test_unreadable_results_file_is_named(tmp_path):
 
 
 # --- the demo task configs start from the pretraining make demo runs -------------------------------------
-def model_arch(config: dict) -> ALBEFConfig:
-    return ALBEFConfig.from_dict(config["model"]["init_args"]["arch"])
+def parsed_model_args(*configs: str) -> dict:
+    """``model.init_args`` as the CLI parses ``--config`` files (sub-config paths resolved, overlays merged)."""
+    import contextlib
+    import io
+
+    from albef_struct.cli import main as cli_main
+
+    args = ["fit"] + [arg for config in configs for arg in ("--config", str(REPO / config))] + ["--print_config"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), pytest.raises(SystemExit) as exit_info:
+        cli_main(args)
+    assert exit_info.value.code == 0
+    return yaml.safe_load(printed.getvalue())["model"]["init_args"]
 
 
-def comparable(arch: ALBEFConfig) -> ALBEFConfig:
+def comparable(arch: dict) -> ALBEFConfig:
     """The fields that decide which weights fit (heads differ per task; weight sources and dropout do not matter)."""
-    text = replace(arch.text, hidden_dropout=0.0, attention_dropout=0.0)
-    return replace(arch.without_weight_sources(), text=text, mlm_head=False, itm_head=False, projections=False,
+    config = ALBEFConfig.from_dict(arch)
+    text = replace(config.text, hidden_dropout=0.0, attention_dropout=0.0)
+    return replace(config.without_weight_sources(), text=text, mlm_head=False, itm_head=False, projections=False,
                    answer_decoder_layers=0)
-
-
-def merged(base: dict, overlay: dict) -> dict:
-    out = dict(base)
-    for key, value in overlay.items():
-        out[key] = merged(base.get(key, {}), value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-    return out
 
 
 @pytest.mark.parametrize("task", TASK_CONFIGS)
 def test_task_configs_match_their_pretraining(task):
     config = yaml.safe_load((REPO / f"configs/demo/{task}.yaml").read_text())
     small = yaml.safe_load((REPO / "configs/demo/pretrain_small.yaml").read_text())
-    tiny = yaml.safe_load((REPO / "configs/demo/pretrain.yaml").read_text())
-    overlay = yaml.safe_load((REPO / "configs/demo/tiny_task.yaml").read_text())
-
-    assert comparable(model_arch(config)) == comparable(model_arch(small))
-    assert config["data"]["init_args"]["image_res"] == small["data"]["init_args"]["image_res"]
+    # said once: the task and its pretraining name the same architecture file
+    assert config["model"]["init_args"]["arch"] == small["model"]["init_args"]["arch"] == "../model/small_arch.yaml"
+    assert "image_res" not in config["data"]["init_args"]  # the data takes the model's size (CLI link)
     expected_init = ("runs/demo/nlvr_pretrain/checkpoints/last.ckpt" if task == "nlvr"
                      else small["trainer"]["default_root_dir"] + "/checkpoints/last.ckpt")
     assert config["model"]["init_args"]["init_from"] == expected_init
 
-    with_overlay = merged(config, overlay)
-    assert comparable(model_arch(with_overlay)) == comparable(model_arch(tiny))
-    assert with_overlay["data"]["init_args"]["image_res"] == tiny["data"]["init_args"]["image_res"]
+    task_args = parsed_model_args(f"configs/demo/{task}.yaml")
+    assert comparable(task_args["arch"]) == comparable(parsed_model_args("configs/demo/pretrain_small.yaml")["arch"])
+    assert comparable(task_args["arch"]).vision.img_size == 98
+    tiny_task = parsed_model_args(f"configs/demo/{task}.yaml", "configs/demo/tiny_task.yaml")["arch"]
+    tiny = parsed_model_args("configs/demo/pretrain.yaml")["arch"]
+    assert comparable(tiny_task) == comparable(tiny) and tiny["vision"]["timm_model"] is None
+

@@ -38,13 +38,14 @@ def test_small_preset_is_read_from_its_config(tmp_path, monkeypatch):
     from experiments.common import SMALL_PRESET
 
     preset = yaml.safe_load(SMALL_PRESET.read_text())["init_args"]
+    preset_arch = yaml.safe_load((SMALL_PRESET.parent / preset["arch"]).read_text())  # the file it names
     monkeypatch.chdir(tmp_path)
-    weights = tmp_path / preset["arch"]["vision"]["pretrained_file"]
+    weights = tmp_path / preset_arch["vision"]["pretrained_file"]
     weights.parent.mkdir(parents=True)
     weights.touch()  # only its presence is checked here
     arch, text_init = experiment_arch("small", 56, private_heads=True)
     assert text_init == preset["text_init"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert (arch.vision.img_size, arch.text.max_position, arch.private_heads) == (56, 64, True)
-    expected = ALBEFConfig.from_dict(preset["arch"])
+    expected = ALBEFConfig.from_dict(preset_arch)
     assert (arch.vision.width, arch.vision.depth, arch.text.layers, arch.text.fusion_layer, arch.text_pooling) == (
         expected.vision.width, expected.vision.depth, expected.text.layers, expected.text.fusion_layer, "mean")

@@ -88,13 +88,11 @@ def with_val(demo_dir: Path, **override) -> dict:
          r"data\.init_args\.val_file.*at most 8"),
         ({"model": {"init_args": {"augmented_view": "second_view", "structure": [{"name": "brownian_bridge"}]}}},
          r"augmented_view is 'second_view' but the DataModule yields no second view: set data\.init_args\.second_view"),
-        ({"data": {"init_args": {"image_res": 48}}},
-         r"data\.init_args\.image_res=48 differs from model\.init_args\.arch\.vision\.img_size=32"),
         ({"data": {"init_args": {"max_tokens": 100}}},
          r"data\.init_args\.max_tokens=100 exceeds model\.init_args\.arch\.text\.max_position=64"),
     ],
     ids=["queue-not-multiple", "queue-smaller-than-batch", "k_test-over-gallery", "second-view-missing",
-         "image-size", "text-length"],
+         "text-length"],
 )
 def test_incompatible_settings_fail_in_setup_before_the_first_step(tmp_path, demo_dir, override, message):
     override = dict(override)
@@ -108,12 +106,12 @@ def test_incompatible_settings_fail_in_setup_before_the_first_step(tmp_path, dem
 
 def test_every_problem_is_listed_in_one_message(tmp_path, demo_dir):
     override = with_val(demo_dir, model={"init_args": {"queue_size": 60, "k_test": 16}},
-                        data={"init_args": {"image_res": 48}})
+                        data={"init_args": {"max_tokens": 100}})
     with pytest.raises(ConfigError) as info:
         main(["fit", "--config", str(config_file(tmp_path, demo_dir, **override))])
     message = str(info.value)
     assert "(3 problem(s), found before fit started)" in message
-    assert "queue_size=60" in message and "k_test=16" in message and "image_res=48" in message
+    assert "queue_size=60" in message and "k_test=16" in message and "max_tokens=100" in message
 
 
 def test_checkpoint_monitor_without_validation(tmp_path, demo_dir):

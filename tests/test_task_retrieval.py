@@ -328,19 +328,18 @@ def test_albef_recipe_values_in_real_data_configs(capsys):
         assert model["k_test"] == k_test and config["trainer"]["max_epochs"] == epochs
         assert model["optim"]["lr"] == 1e-5 and model["optim"]["min_lr"] == 1e-6
         assert model["queue_size"] == 65536 and model["alpha"] == 0.4 and model["alpha_warmup"] is True
-        assert config["data"]["init_args"]["image_res"] == 384 and config["data"]["init_args"]["batch_size"] == 32
+        assert model["arch"]["vision"]["img_size"] == 384 and config["data"]["init_args"]["batch_size"] == 32
 
 
 def test_zero_shot_overrides_parse(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["test", "--config", str(CONFIGS[1]), "--model.init_args.init_from", "ALBEF_4M.pth",
-              "--model.init_args.arch.vision.img_size", "256", "--data.init_args.image_res", "256", "--print_config"])
+              "--model.init_args.arch.vision.img_size", "256", "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["init_args"]["init_from"] == "ALBEF_4M.pth"
     assert printed["model"]["init_args"]["arch"]["vision"]["img_size"] == 256
     assert printed["model"]["init_args"]["arch"]["vision"]["width"] == 768  # the rest of arch is kept
-    assert printed["data"]["init_args"]["image_res"] == 256
 
 
 TINY_ARCH = {

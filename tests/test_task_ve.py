@@ -186,7 +186,7 @@ def test_albef_recipe_values_in_real_data_config():
     assert config["trainer"]["max_epochs"] == 5
     assert model["optim"]["lr"] == 2e-5 and model["optim"]["min_lr"] == 1e-6 and model["optim"]["warmup_lr"] == 1e-5
     assert model["alpha"] == 0.4 and model["alpha_warmup"] is False and model["distill"] is True
-    assert data["image_res"] == 384 and data["batch_size"] == 32 and data["eval_batch_size"] == 64
+    assert model["arch"]["vision"]["img_size"] == 384 and data["batch_size"] == 32 and data["eval_batch_size"] == 64
 
 
 TINY_ARCH = {

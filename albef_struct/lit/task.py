@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,6 +16,17 @@ from albef_struct.lit.schedule import OptimConfig
 from albef_struct.models import ALBEF, ALBEFConfig, MomentumTeacher
 from albef_struct.models.momentum import TEACHER_EXCLUDES
 from albef_struct.tasks.registry import TaskSpec, current_class_path
+
+
+def with_text_dropout(arch: ALBEFConfig, text_dropout: float | None) -> ALBEFConfig:
+    """``arch`` with the text and fusion encoders' hidden and attention dropout set to ``text_dropout``
+    (None: unchanged). A run's recipe choice (fine-tuning often turns dropout off) kept apart from the
+    shared architecture file it names."""
+    if text_dropout is None:
+        return arch
+    if not 0.0 <= text_dropout < 1.0:
+        raise ValueError(f"text_dropout must be in [0, 1), got {text_dropout}")
+    return replace(arch, text=replace(arch.text, hidden_dropout=text_dropout, attention_dropout=text_dropout))
 
 
 class ALBEFModule(ALBEFLitBase):
@@ -40,8 +51,9 @@ class ALBEFModule(ALBEFLitBase):
         momentum: float = 0.995,
         init_from: str | None = None,
         albef_momentum_before_load: bool = False,
+        text_dropout: float | None = None,
     ) -> None:
-        arch = ALBEFConfig.from_dict(arch)
+        arch = with_text_dropout(ALBEFConfig.from_dict(arch), text_dropout)
         optim = OptimConfig(**optim) if isinstance(optim, dict) else optim
         super().__init__(optim=optim, alpha=alpha, alpha_warmup=alpha_warmup)
         self.save_hyperparameters(ignore=["arch", "optim"])
@@ -49,6 +61,10 @@ class ALBEFModule(ALBEFLitBase):
         self.hparams["arch"] = arch.without_weight_sources().to_dict()
         self.hparams["optim"] = asdict(self.optim)
         self.distill = distill
+        if init_from and arch != arch.without_weight_sources():
+            # init_from's weights replace the image encoder's: its pretrained file is not needed (or read)
+            rank_zero_info(f"init_from given: not loading the image encoder's pretrained weights ({init_from} has them)")
+            arch = arch.without_weight_sources()
         self.model = ALBEF(arch)
         vision_report = getattr(self.model.visual_encoder, "init_report", None)
         if vision_report is not None:

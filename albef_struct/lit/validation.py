@@ -18,13 +18,12 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.utilities.model_helpers import is_overridden
 
+from albef_struct.data.collate import RETRIEVAL_EVAL_TOKENS
 from albef_struct.errors import ProjectError
 
 __all__ = ["ConfigError", "find_problems", "validate_run"]
 
 Problems = Iterator[str]
-# Retrieval evaluation texts are padded/truncated to this many tokens (RetrievalTextCollate).
-EVAL_TEXT_TOKENS = 30
 
 
 class ConfigError(ProjectError, ValueError):
@@ -164,10 +163,10 @@ def text_length_problems(trainer: pl.Trainer, module: Any, datamodule: Any, stag
             f"data.init_args.max_tokens={max_tokens} exceeds model.init_args.arch.text.max_position={max_position}: "
             f"training text would index past the position embeddings; set max_tokens <= {max_position}"
         )
-    if getattr(datamodule, "eval_sets", None) and max_position < EVAL_TEXT_TOKENS:
+    if getattr(datamodule, "eval_sets", None) and max_position < RETRIEVAL_EVAL_TOKENS:
         yield (
-            f"model.init_args.arch.text.max_position={max_position} is below the {EVAL_TEXT_TOKENS} tokens retrieval "
-            f"evaluation pads texts to; set max_position >= {EVAL_TEXT_TOKENS}"
+            f"model.init_args.arch.text.max_position={max_position} is below the {RETRIEVAL_EVAL_TOKENS} tokens retrieval "
+            f"evaluation pads texts to; set max_position >= {RETRIEVAL_EVAL_TOKENS}"
         )
 
 

@@ -173,6 +173,7 @@ class NLVRModule(ClassifierModule):
         init_from: TA checkpoint (this project's ``TextAssignmentModule`` checkpoint or
             ALBEF's ``pretrain_model_nlvr.pth``) or a pretraining checkpoint.
         albef_momentum_before_load: reproduce ALBEF's teacher initialisation (see above).
+        text_dropout: the text and fusion encoders' dropout for this run (None: ``arch``'s), e.g. 0 for fine-tuning.
     """
 
     class_names = ("False", "True")
@@ -187,10 +188,11 @@ class NLVRModule(ClassifierModule):
         momentum: float = 0.995,
         init_from: str | None = None,
         albef_momentum_before_load: bool = False,
+        text_dropout: float | None = None,
     ) -> None:
         super().__init__(
             self.task_spec.arch(arch), optim or self.task_spec.optim, alpha, alpha_warmup, distill, momentum,
-            init_from, albef_momentum_before_load,
+            init_from, albef_momentum_before_load, text_dropout=text_dropout,
         )
         self.load_init_weights()
 
@@ -235,6 +237,7 @@ class TextAssignmentModule(ALBEFModule):
             (paired fusion, projections, ``ta_head``).
         optim: AdamW + schedule (default: ALBEF's NLVR_pretrain.yaml).
         init_from: pretraining checkpoint (this project's or an official ALBEF file).
+        text_dropout: the text and fusion encoders' dropout for this run (None: ``arch``'s), e.g. 0 for fine-tuning.
         exclude_same_image: do not draw other batch rows that show the caption's own image
             (by ``image_idx``) as "similar" images; ALBEF excludes only the caption's own row.
     """
@@ -245,10 +248,11 @@ class TextAssignmentModule(ALBEFModule):
         optim: OptimConfig | None = None,
         init_from: str | None = None,
         exclude_same_image: bool = True,
+        text_dropout: float | None = None,
     ) -> None:
         super().__init__(
             self.task_spec.arch(arch), optim or self.task_spec.optim, alpha=0.0, alpha_warmup=False, distill=False,
-            init_from=init_from,
+            init_from=init_from, text_dropout=text_dropout,
         )
         self.exclude_same_image = exclude_same_image
         self.load_init_weights()

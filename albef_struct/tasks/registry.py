@@ -201,6 +201,15 @@ def current_class_path(path: str) -> str:
 
 
 def task_of_class_path(path: str) -> str | None:
-    """The task whose LightningModule ``path`` names (old ``tasks.*`` paths too); None for other classes."""
+    """The task whose LightningModule ``path`` names (old ``tasks.*`` paths and re-exports such as
+    ``albef_struct.lit.PretrainModule`` too); None for other classes."""
     path = current_class_path(path)
-    return next((name for name, spec in TASKS.items() if spec.class_path == path), None)
+    found = next((name for name, spec in TASKS.items() if spec.class_path == path), None)
+    if found is None and "." in path:
+        module_name, _, class_name = path.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError):
+            return None
+        found = next((name for name, spec in TASKS.items() if spec.module is cls), None)
+    return found

@@ -82,6 +82,7 @@ class RetrievalModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         itm_uniform_negative_steps: optimizer steps with uniformly drawn (easy) ITM negatives
             before ALBEF's hard negatives (ALBEF: 0).
         init_from: checkpoint to start from (this project's, or an official ALBEF file).
+        text_dropout: the text and fusion encoders' dropout for this run (None: ``arch``'s), e.g. 0 for fine-tuning.
         k_test: candidates per query re-ranked by ITM at evaluation (ALBEF: COCO 256, Flickr 128).
         rerank_batch_size: image-text pairs per fusion call when re-ranking.
     """
@@ -99,13 +100,14 @@ class RetrievalModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         itm_single_fusion_call: bool = True,
         itm_uniform_negative_steps: int = 0,
         init_from: str | None = None,
+        text_dropout: float | None = None,
         k_test: int = 256,
         rerank_batch_size: int = 128,
     ) -> None:
         # The teacher always exists: its features fill the queue even without distillation.
         super().__init__(
             self.task_spec.arch(arch), optim or self.task_spec.optim, alpha, alpha_warmup, distill=True, momentum=momentum,
-            init_from=init_from,
+            init_from=init_from, text_dropout=text_dropout,
         )
         if k_test < 1:
             raise ValueError(f"k_test must be at least 1, got {k_test}")

@@ -69,6 +69,7 @@ class VEModule(ClassifierModule):
         distill: train against the momentum teacher's logits (ALBEF: true).
         momentum: EMA coefficient of the teacher (ALBEF: 0.995).
         init_from: checkpoint to start from (this project's, or an official ALBEF file).
+        text_dropout: the text and fusion encoders' dropout for this run (None: ``arch``'s), e.g. 0 for fine-tuning.
     """
 
     class_names = VE_LABELS
@@ -82,8 +83,10 @@ class VEModule(ClassifierModule):
         distill: bool = True,
         momentum: float = 0.995,
         init_from: str | None = None,
+        text_dropout: float | None = None,
     ) -> None:
-        super().__init__(self.task_spec.arch(arch), optim or self.task_spec.optim, alpha, alpha_warmup, distill, momentum, init_from)
+        super().__init__(self.task_spec.arch(arch), optim or self.task_spec.optim, alpha, alpha_warmup, distill, momentum, init_from,
+                         text_dropout=text_dropout)
         self.load_init_weights()
 
     def subset_metrics(self, confusion: torch.Tensor) -> tuple[dict[str, float], dict[str, float]]:

@@ -105,6 +105,7 @@ class VQAModule(ALBEFModule):
         distill: train against the momentum teacher's decoder (ALBEF: true).
         momentum: EMA coefficient of the teacher (ALBEF: 0.995).
         init_from: checkpoint to start from (this project's, or an official ALBEF file).
+        text_dropout: the text and fusion encoders' dropout for this run (None: ``arch``'s), e.g. 0 for fine-tuning.
         k_test: candidates re-scored per question (ALBEF: 128; clamped to the list size).
         albef_first_token_double_count: score candidates as ALBEF does, counting the
             first answer token twice (parity only; default: each token once).
@@ -120,11 +121,13 @@ class VQAModule(ALBEFModule):
         distill: bool = True,
         momentum: float = 0.995,
         init_from: str | None = None,
+        text_dropout: float | None = None,
         k_test: int = 128,
         albef_first_token_double_count: bool = False,
         rank_chunk_size: int | None = 2048,
     ) -> None:
-        super().__init__(self.task_spec.arch(arch), optim or self.task_spec.optim, alpha, alpha_warmup, distill, momentum, init_from)
+        super().__init__(self.task_spec.arch(arch), optim or self.task_spec.optim, alpha, alpha_warmup, distill, momentum, init_from,
+                         text_dropout=text_dropout)
         if k_test < 1:
             raise ValueError(f"k_test must be >= 1 (candidates re-scored per question), got {k_test}")
         self.k_test = k_test

@@ -33,7 +33,7 @@ class _RetrievalEvalMixin:
         ds = self.eval_sets[split]
         return [
             self._eval_loader(ds, RetrievalImageCollate()),
-            self._eval_loader(ds.text_dataset(), RetrievalTextCollate(self.tokenizer, max_length=30)),
+            self._eval_loader(ds.text_dataset(), RetrievalTextCollate(self.tokenizer)),
         ]
 
     def val_dataloader(self) -> list[DataLoader]:
