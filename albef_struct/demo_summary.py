@@ -1,12 +1,15 @@
-"""One table for ``make demo``: each stage's test metric next to its chance level.
+"""One table for ``make demo``: each stage's test metric next to its blind baseline and chance level.
 
     python -m albef_struct.demo_summary --runs runs/demo --pretrain-run runs/demo/pretrain_small
 
-Every stage's ``test`` writes ``<task>_test.json`` (``metrics`` and ``chance``) in its run
-folder; the rows are the summary metrics each task declares in the task registry
-(:mod:`albef_struct.tasks.registry`). This reads the newest file per stage, prints the
-table, writes ``summary.json`` and exits non-zero when a stage's results are missing,
-so a demo that silently skipped a stage cannot look complete.
+Every stage's ``test`` writes ``<task>_test.json`` (``metrics``, ``chance`` and ``blind``: the
+best score without the image, see :mod:`albef_struct.metrics.blind`) in its run folder; the
+rows are the summary metrics each task declares in the task registry
+(:mod:`albef_struct.tasks.registry`). Retrieval has no image-free baseline beyond chance
+(without the image nothing ranks the images), so its blind value is its chance level.
+This reads the newest file per stage, prints the table, writes ``summary.json`` and
+``summary.png`` (a bar per row: score, blind, chance) and exits non-zero when a stage's
+results are missing, so a demo that silently skipped a stage cannot look complete.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from albef_struct.tasks.registry import TASKS
 #: The task whose rows come from the pretraining run (``--pretrain-run``), not from ``RUNS/<task>``.
 PRETRAIN_TASK = "pretrain"
 PRETRAIN_RUN = "{pretrain}"
+#: Metrics that rank images or texts: without the image their best is chance.
+RANKING_METRICS = ("itc_", "txt_r", "img_r", "r_mean")
 
 
 @dataclass(frozen=True)
@@ -57,12 +62,19 @@ class Result:
     value: float | None
     chance: float | None
     source: str | None
+    blind: float | None = None
 
     @property
     def above_chance(self) -> bool | None:
         if self.value is None or self.chance is None:
             return None
         return self.value > self.chance
+
+    @property
+    def above_blind(self) -> bool | None:
+        if self.value is None or self.blind is None:
+            return None
+        return self.value > self.blind
 
 
 def newest(run_dir: Path, filename: str) -> Path | None:
@@ -87,12 +99,14 @@ def collect(runs: Path, pretrain_run: Path) -> list[Result]:
     for row in ROWS:
         run_dir = pretrain_run if row.run == PRETRAIN_RUN else runs / row.run
         path = newest(run_dir, row.results_file)
-        value = chance = None
+        value = chance = blind = None
         if path is not None:
             payload = read_results(path)
             value = payload.get("metrics", {}).get(row.metric)
             chance = payload.get("chance", {}).get(row.chance_key)
-        results.append(Result(row.stage, row.label, value, chance, str(path) if path else None))
+            blind = (payload.get("blind") or {}).get(row.metric, chance if row.run == PRETRAIN_RUN or
+                                                     row.metric.startswith(RANKING_METRICS) else None)
+        results.append(Result(row.stage, row.label, value, chance, str(path) if path else None, blind))
     return results
 
 
@@ -100,12 +114,40 @@ def format_table(results: list[Result]) -> str:
     def cell(x: float | None) -> str:
         return "missing" if x is None else f"{x:.1f}"
 
-    header = f"{'stage':<22} {'metric':<58} {'value':>8} {'chance':>8}  above chance"
+    header = f"{'stage':<22} {'metric':<58} {'value':>8} {'blind':>8} {'chance':>8}  beats blind"
     lines = [header, "-" * len(header)]
     for r in results:
-        verdict = {True: "yes", False: "NO", None: "-"}[r.above_chance]
-        lines.append(f"{r.stage:<22} {r.label:<58} {cell(r.value):>8} {cell(r.chance):>8}  {verdict}")
+        verdict = {True: f"yes (+{r.value - r.blind:.1f})" if r.above_blind else "", False: "NO", None: "-"}[r.above_blind]
+        lines.append(f"{r.stage:<22} {r.label:<58} {cell(r.value):>8} {cell(r.blind):>8} {cell(r.chance):>8}  {verdict}")
     return "\n".join(lines)
+
+
+def plot_results(results: list[Result], path: Path) -> Path:
+    """A horizontal bar chart: per row the score, the blind baseline and chance (percent)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results if r.value is not None]
+    labels = [f"{r.stage}: {r.label}" for r in rows]
+    height = 0.27
+    fig, ax = plt.subplots(figsize=(10, 0.55 * len(rows) + 1.2))
+    for offset, name, values, colour in ((-height, "model", [r.value for r in rows], "tab:blue"),
+                                         (0.0, "blind (no image)", [r.blind or 0.0 for r in rows], "tab:orange"),
+                                         (height, "chance", [r.chance or 0.0 for r in rows], "tab:gray")):
+        ax.barh([i + offset for i in range(len(rows))], values, height=height, label=name, color=colour)
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("percent (test split)")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("make demo: each task's score vs its blind baseline and chance")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,11 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="summary JSON (default: RUNS/summary.json)")
     args = parser.parse_args(argv)
     results = collect(args.runs, args.pretrain_run)
-    print("\nDemo results (test splits; values and chance in %)\n" + format_table(results))
+    print("\nDemo results (test splits, %; blind: the best score without the image)\n" + format_table(results))
     out = args.out or args.runs / "summary.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps([asdict(r) | {"above_chance": r.above_chance} for r in results], indent=2) + "\n")
-    print(f"written to {out}")
+    out.write_text(json.dumps([asdict(r) | {"above_chance": r.above_chance, "above_blind": r.above_blind}
+                               for r in results], indent=2) + "\n")
+    print(f"written to {out} and {plot_results(results, out.with_suffix('.png'))}")
     missing = [f"{r.stage}: {r.label}" for r in results if r.value is None]
     if missing:
         print("missing results (did a stage fail?): " + "; ".join(missing), file=sys.stderr)

@@ -17,9 +17,9 @@ from tests.conftest import REPO
 TASK_CONFIGS = ["retrieval", "ve", "vqa", "nlvr_pretrain", "nlvr"]
 
 
-def write_result(path: Path, metrics: dict, chance: dict, mtime: float | None = None) -> None:
+def write_result(path: Path, metrics: dict, chance: dict, mtime: float | None = None, blind: dict | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"metrics": metrics, "chance": chance}))
+    path.write_text(json.dumps({"metrics": metrics, "chance": chance, **({"blind": blind} if blind else {})}))
     if mtime is not None:
         os.utime(path, (mtime, mtime))
 
@@ -30,8 +30,8 @@ def fill_runs(root: Path) -> None:
     write_result(root / "pretrain_small/lightning_logs/version_0/retrieval_test.json", retrieval, chance)
     write_result(root / "retrieval/lightning_logs/version_0/retrieval_test.json", retrieval, chance)
     write_result(root / "ve/lightning_logs/version_0/ve_test.json", {"acc": 66.7, "acc_entail_vs_contra": 50.0},
-                 {"acc": 33.3, "acc_entail_vs_contra": 50.0})
-    write_result(root / "vqa/lightning_logs/version_0/vqa_test.json", {"acc": 43.9}, {"acc": 12.9})
+                 {"acc": 33.3, "acc_entail_vs_contra": 50.0}, blind={"acc": 68.3, "acc_entail_vs_contra": 52.5})
+    write_result(root / "vqa/lightning_logs/version_0/vqa_test.json", {"acc": 43.9}, {"acc": 12.9}, blind={"acc": 47.3})
 
 
 def test_table_reads_each_stage_and_judges_it_against_chance(tmp_path, capsys):
@@ -47,6 +47,24 @@ def test_table_reads_each_stage_and_judges_it_against_chance(tmp_path, capsys):
     assert by_metric[("SNLI-VE", "acc")]["above_chance"] is True
     out = capsys.readouterr().out
     assert "NLVR2" in out and "NO" in out and "43.9" in out
+
+
+def test_each_row_is_judged_against_its_blind_baseline_and_drawn(tmp_path, capsys):
+    fill_runs(tmp_path)
+    write_result(tmp_path / "nlvr/lightning_logs/version_0/nlvr_test.json", {"acc": 73.7}, {"acc": 50.0},
+                 blind={"acc": 54.3})
+    assert main(["--runs", str(tmp_path), "--pretrain-run", str(tmp_path / "pretrain_small")]) == 0
+    rows = {(r["stage"], row.metric): r for r, row in zip(json.loads((tmp_path / "summary.json").read_text()), ROWS)}
+    vqa = rows[("VQA", "acc")]
+    assert (vqa["blind"], vqa["above_chance"], vqa["above_blind"]) == (47.3, True, False)  # above chance, not blind
+    assert rows[("NLVR2", "acc")]["above_blind"] is True
+    assert rows[("SNLI-VE", "acc")]["above_blind"] is False and rows[("SNLI-VE", "acc")]["blind"] == 68.3
+    retrieval = rows[("zero-shot retrieval", "itc_txt_r1")]
+    assert retrieval["blind"] == retrieval["chance"] == 0.33  # nothing ranks images without them
+    table = capsys.readouterr().out
+    assert "beats blind" in table and "yes (+19.4)" in table
+    png = tmp_path / "summary.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
 def test_missing_stage_is_reported_and_fails(tmp_path, capsys):

@@ -374,3 +374,4 @@ def test_cli_text_assignment_then_nlvr_fit_and_test(tmp_path, demo_dir, capsys):
     n_test = len(json.loads((demo_dir / "nlvr_test.json").read_text()))
     assert result["n_examples"] == n_test
     assert 0.0 <= result["metrics"]["acc"] <= 100.0 and 50.0 <= result["chance"]["acc"] <= 100.0
+    assert 0.0 <= result["blind"]["acc"] <= 100.0  # the text-only classifier's accuracy on the same test split

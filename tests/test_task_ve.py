@@ -223,6 +223,17 @@ def test_cli_fit_two_steps_then_test(tmp_path, demo_dir, capsys):
     assert main(["test", "--config", str(path), "--ckpt_path", str(ckpt)]) == 0
     assert "ve_test" in capsys.readouterr().out
     result = json.loads(sorted((tmp_path / "run").rglob("ve_test.json"))[-1].read_text())
+    # the blind baseline: a text-only classifier on the training hypotheses (deterministic, seed 0)
+    from albef_struct.data.text import pre_caption
+    from albef_struct.metrics.blind import text_only_predictions
+
+    train, test = (json.loads((demo_dir / f"ve_{s}.json").read_text()) for s in ("train", "test"))
+    predicted = text_only_predictions([pre_caption(r["sentence"]) for r in train],
+                                      [VE_LABELS.index(r["label"]) for r in train],
+                                      [pre_caption(r["sentence"]) for r in test], 3)
+    truth = torch.tensor([VE_LABELS.index(r["label"]) for r in test])
+    assert result["blind"]["acc"] == pytest.approx(100.0 * float((predicted == truth).float().mean()))
+    assert 0.0 <= result["blind"]["acc_entail_vs_contra"] <= 100.0
     labels = [r["label"] for r in json.loads((demo_dir / "ve_test.json").read_text())]
     assert result["n_examples"] == len(labels)
     assert result["chance"]["acc"] == pytest.approx(100.0 * max(labels.count(c) for c in VE_LABELS) / len(labels))

@@ -387,6 +387,13 @@ def test_cli_fit_two_steps_then_test_and_predict(tmp_path, demo_dir, capsys):
     result = json.loads(sorted((tmp_path / "run").rglob("vqa_test.json"))[-1].read_text())
     assert result["n_annotated_questions"] == len(records)
     assert 0.0 <= result["metrics"]["acc"] <= 100.0 and 0.0 < result["chance"]["acc"] <= 100.0
+    # the blind baseline: the best training answer per question type (its first four words)
+    from albef_struct.metrics.blind import question_type, vqa_question_type_prior
+
+    train = json.loads((demo_dir / "vqa_train.json").read_text())
+    prior, _ = vqa_question_type_prior([(question_type(r["question"]), r["answer"]) for r in train],
+                                       [(question_type(r["question"]), r["answer"]) for r in records])
+    assert result["blind"]["acc"] == pytest.approx(100.0 * prior)
     submission = json.loads(sorted((tmp_path / "run").rglob("vqa_predictions_test.json"))[-1].read_text())
     assert [s["question_id"] for s in submission] == [r["question_id"] for r in records]
 

@@ -11,6 +11,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from albef_struct.data.collate import is_empty_batch
 from albef_struct.lit.task import ALBEFModule
 from albef_struct.losses.classification import distilled_cross_entropy
+from albef_struct.metrics.blind import text_only_predictions
 from albef_struct.metrics.report import report_results
 from albef_struct.models import ALBEF
 
@@ -84,6 +85,24 @@ class ClassifierModule(ALBEFModule):
             self.log("val/acc", 100.0 * self.val_acc.compute(), prog_bar=True)
         self.val_acc.reset()
 
+    def blind_metrics(self) -> dict[str, float]:
+        """The test metrics of a text-only classifier trained on the training split (the model's
+        blind baseline, :func:`~albef_struct.metrics.blind.text_only_predictions`); {} when the
+        DataModule names no training and test file."""
+        datamodule = self.trainer.datamodule
+        files = getattr(datamodule, "files", None) or {}
+        if not (files.get("train") and files.get("test")):
+            return {}
+        train, test = (datamodule.make_dataset(files[split], None) for split in ("train", "test"))
+        predicted = text_only_predictions([train.text(i) for i in range(len(train))],
+                                          [train.label(i) for i in range(len(train))],
+                                          [test.text(i) for i in range(len(test))], len(self.class_names))
+        truth = torch.tensor([test.label(i) for i in range(len(test))])
+        confusion = torch.zeros(len(self.class_names), len(self.class_names), dtype=torch.long)
+        confusion.index_put_((truth, predicted), torch.ones_like(truth), accumulate=True)
+        subset, _ = self.subset_metrics(confusion)
+        return {"acc": 100.0 * float((predicted == truth).float().mean()), **subset}
+
     def on_test_epoch_end(self) -> None:
         if not self.test_acc.update_count:
             return
@@ -103,6 +122,7 @@ class ClassifierModule(ALBEFModule):
             subset, subset_chance = self.subset_metrics(confusion)
             report_results(
                 self.results_dir, self.task_spec.result_name, {"acc": float(acc), **subset}, {"acc": chance, **subset_chance},
+                blind=self.blind_metrics(),
                 extra={"n_examples": total, "label_counts": dict(zip(self.class_names, counts.tolist())),
                        "per_class_acc": per_class, "confusion": {"rows_true_cols_predicted": self.class_names,
                                                                  "counts": confusion.tolist()}},

@@ -32,12 +32,14 @@ def report_results(
     metrics: dict[str, float],
     chance: dict[str, float] | None = None,
     extra: dict[str, Any] | None = None,
+    blind: dict[str, float] | None = None,
 ) -> Path:
-    """Print ``metrics`` (next to chance level when known) and write ``<log_dir>/<name>.json``."""
-    chance = chance or {}
-    rows = [(key, value, chance.get(key, "")) for key, value in metrics.items()]
+    """Print ``metrics`` (next to chance level and the blind baseline when known) and write
+    ``<log_dir>/<name>.json`` (``metrics``, ``chance``, ``blind`` and ``extra``'s keys)."""
+    chance, blind = chance or {}, blind or {}
+    rows = [(key, value, chance.get(key, ""), blind.get(key, "")) for key, value in metrics.items()]
     print(f"\n{name}")
-    print(format_table(("metric", "value", "chance"), rows))
-    path = write_json(Path(log_dir) / f"{name}.json", {"metrics": metrics, "chance": chance, **(extra or {})})
+    print(format_table(("metric", "value", "chance", "blind (no image)"), rows))
+    path = write_json(Path(log_dir) / f"{name}.json", {"metrics": metrics, "chance": chance, "blind": blind, **(extra or {})})
     print(f"written to {path}")
     return path

@@ -42,6 +42,7 @@ from albef_struct.data.collate import is_empty_batch
 from albef_struct.lit.schedule import OptimConfig
 from albef_struct.lit.task import ALBEFModule
 from albef_struct.metrics import VQAAccuracy, normalize_answer, write_evalai_submission
+from albef_struct.metrics.blind import question_type, vqa_question_type_prior
 from albef_struct.metrics.report import report_results
 from albef_struct.metrics.vqa import MajorityAnswerAccuracy
 from albef_struct.models import ALBEF, ALBEFConfig
@@ -310,8 +311,28 @@ class VQAModule(ALBEFModule):
         extra.update(n_annotated_questions=int(chance["count"]),
                      majority_answer=self.answer_candidates().answers[best] if best >= 0 else None)
         report_results(
-            self.results_dir, self.task_spec.result_name, {"acc": float(acc)}, {"acc": 100.0 * float(chance["acc"])}, extra=extra
+            self.results_dir, self.task_spec.result_name, {"acc": float(acc)}, {"acc": 100.0 * float(chance["acc"])},
+            extra=extra, blind=self.blind_metrics(),
         )
+
+    def blind_metrics(self) -> dict[str, float]:
+        """VQA accuracy of the language prior: the best training answer per question type (a record's
+        ``question_type``, else its first words), :func:`~albef_struct.metrics.blind.vqa_question_type_prior`;
+        {} without annotated training and test questions."""
+        datamodule = self.trainer.datamodule
+        if not hasattr(datamodule, "question_records"):
+            return {}
+
+        def typed(records: list[dict]) -> list[tuple[str, list[str]]]:
+            return [(rec.get("question_type") or question_type(rec["question"]),
+                     [rec["answer"]] * 10 if isinstance(rec["answer"], str) else list(rec["answer"]))
+                    for rec in records if rec.get("answer")]
+
+        train, test = typed(datamodule.question_records("train")), typed(datamodule.question_records("test"))
+        if not (train and test):
+            return {}
+        accuracy, _ = vqa_question_type_prior(train, test)
+        return {"acc": 100.0 * accuracy}
 
     def on_predict_epoch_end(self) -> None:
         self._write_predictions("predict")

@@ -85,6 +85,15 @@ class VQADataModule(ALBEFDataModule):
         if splits & {"val", "test"} and self.answer_list_file is not None:
             self.answer_list  # validate now rather than at the first eval step
 
+    def question_records(self, split: str) -> list[dict]:
+        """The validated records of ``split`` ('train' or 'test'; [] without its file), images not loaded."""
+        files = self.train_files if split == "train" else self.test_file
+        if not files:
+            return []
+        dataset = VQADataset(files, self.image_root, None, "train" if split == "train" else "test",
+                             vg_root=self.vg_root, **self.dataset_options())
+        return dataset.records
+
     def train_dataloader(self) -> DataLoader:
         return self._train_loader(self._require("train", "fit"), VQATrainCollate(self.tokenizer, self.max_tokens))
 

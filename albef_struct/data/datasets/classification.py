@@ -39,13 +39,19 @@ class NLVRDataset(RecordImageDataset):
                          check_images_exist=check_images_exist)
         self.max_words = max_words
 
+    def text(self, index: int) -> str:
+        """The statement as the model reads it."""
+        return pre_caption(self.records[index]["sentence"], self.max_words)
+
+    def label(self, index: int) -> int:
+        return NLVR_LABELS[self.records[index]["label"]]
+
     def item(self, index: int) -> dict[str, Any]:
-        rec = self.records[index]
         return {
             "image0": self.load(index, 0),
             "image1": self.load(index, 1),
-            "text": pre_caption(rec["sentence"], self.max_words),
-            "label": NLVR_LABELS[rec["label"]],
+            "text": self.text(index),
+            "label": self.label(index),
             "index": index,
         }
 
@@ -79,11 +85,12 @@ class VEDataset(RecordImageDataset):
                          check_images_exist=check_images_exist, image_ext=image_ext)
         self.max_words = max_words
 
+    def text(self, index: int) -> str:
+        """The hypothesis as the model reads it."""
+        return pre_caption(self.records[index]["sentence"], self.max_words)
+
+    def label(self, index: int) -> int:
+        return VE_LABELS[self.records[index]["label"]]
+
     def item(self, index: int) -> dict[str, Any]:
-        rec = self.records[index]
-        return {
-            "image": self.load(index),
-            "text": pre_caption(rec["sentence"], self.max_words),
-            "label": VE_LABELS[rec["label"]],
-            "index": index,
-        }
+        return {"image": self.load(index), "text": self.text(index), "label": self.label(index), "index": index}
