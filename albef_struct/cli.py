@@ -22,6 +22,7 @@ DEFAULT_CALLBACKS: tuple[str, ...] = ("ConfigValidator", "SkippedRecordsReport",
 EXTRA_COMMANDS: dict[str, tuple[str, str, str]] = {
     "analyze": ("albef_struct.analysis", "main", "latent geometry, linear probes and a 2-D picture of embeddings"),
     "convert": ("albef_struct.convert", "main", "official ALBEF checkpoint -> this project's .ckpt + .safetensors"),
+    "cache-images": ("albef_struct.data.image_cache", "main", "a folder of images -> a frozen image encoder's tokens"),
 }
 
 

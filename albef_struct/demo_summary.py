@@ -72,9 +72,10 @@ class Result:
 
     @property
     def above_blind(self) -> bool | None:
+        """Above the blind baseline by more than rounding (0.05 points: the table shows one decimal)."""
         if self.value is None or self.blind is None:
             return None
-        return self.value > self.blind
+        return self.value > self.blind + 0.05
 
 
 def newest(run_dir: Path, filename: str) -> Path | None:

@@ -153,7 +153,9 @@ class ALBEF(nn.Module):
 
     # --- encoders --------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor) -> Encoded:
-        embeds = self.visual_encoder(images)
+        """``images`` ``[B, 3, H, W]``, or the frozen encoder's cached tokens ``[B, T, width]``
+        (``data.init_args.image_cache``), which are used as they are."""
+        embeds = images if images.dim() == 3 else self.visual_encoder(images)
         pooled = embeds[:, 0]
         feat = F.normalize(self.vision_proj(pooled), dim=-1) if self.config.projections else None
         return Encoded(embeds, feat, pooled)

@@ -48,6 +48,10 @@ class ALBEFDataModule(pl.LightningDataModule):
         drop_last: drop the last incomplete training batch (ALBEF does).
         seed: seed of the training shuffle and caption choice (None: Lightning's
             ``seed_everything`` seed, else 0).
+        image_cache: a file of image tokens precomputed by the model's frozen image encoder
+            (``albef-struct cache-images``, keyed by paths under ``image_root``): batches then hold
+            those tokens instead of images, which are neither read nor augmented. The run must
+            freeze ``visual_encoder`` (checked, with the encoder's weights, before the first batch).
     """
 
     crop_scale_default: tuple[float, float] = FINETUNE_CROP_SCALE
@@ -72,6 +76,7 @@ class ALBEFDataModule(pl.LightningDataModule):
         persistent_workers: bool | None = None,
         drop_last: bool = True,
         seed: int | None = None,
+        image_cache: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -96,6 +101,10 @@ class ALBEFDataModule(pl.LightningDataModule):
         self.persistent_workers = (num_workers > 0) if persistent_workers is None else persistent_workers
         self.drop_last = drop_last
         self._seed = seed
+        if image_cache is not None and image_root is None:
+            raise ValueError("data.init_args.image_cache needs image_root: the cache is keyed by paths under it")
+        self.image_cache = image_cache
+        self._image_cache: Any = None
         self._tokenizer: ALBEFTokenizer | None = None
         self._datasets: dict[str, Any] = {}
 
@@ -132,10 +141,21 @@ class ALBEFDataModule(pl.LightningDataModule):
     def eval_image_transform(self):
         return test_transform(self.image_res)
 
+    @property
+    def loaded_image_cache(self) -> Any:
+        """The :class:`~albef_struct.data.image_cache.ImageTokenCache` of ``image_cache`` (None without one)."""
+        if self.image_cache is not None and self._image_cache is None:
+            from albef_struct.data.image_cache import ImageTokenCache
+
+            self._image_cache = ImageTokenCache.load(self.image_cache)
+        return self._image_cache
+
     def _build(self, name: str, factory) -> Any:
         """Build dataset ``name`` once (setup may be called for several stages)."""
         if name not in self._datasets:
             ds = factory()
+            if self.image_cache is not None and hasattr(ds, "use_image_cache"):
+                ds.use_image_cache(self.loaded_image_cache, self.image_root)
             self._datasets[name] = ds
             report = getattr(ds, "skip_report", None)
             if report is not None and report.total:

@@ -81,6 +81,9 @@ class PretrainDataModule(_RetrievalEvalMixin, ALBEFDataModule):
         self.train_files = [train_files] if isinstance(train_files, str) else list(train_files)
         self.val_file, self.test_file = val_file, test_file
         self.text_augment = WordDropSwap(text_delete_prob, text_swaps) if second_view else None
+        if second_view and self.image_cache is not None:
+            raise ValueError("second_view needs augmented images, which data.init_args.image_cache does not hold: "
+                             "drop one of the two")
         self.eval_sets = {}
 
     def train_image_transform(self):

@@ -86,8 +86,16 @@ class RecordImageDataset(Dataset):
         return load_image(rec.image_paths[which], source=rec.source, record_index=rec.row, field=field)
 
     def load(self, index: int, which: int = 0) -> torch.Tensor:
-        """Image ``which`` of record ``index``, transformed."""
+        """Image ``which`` of record ``index``, transformed; or its cached encoder tokens (:meth:`use_image_cache`)."""
+        cache = getattr(self, "image_cache", None)
+        if cache is not None:
+            return cache.lookup(self.records[index].image_paths[which], self.image_cache_root)
         return self.transformed(self.load_raw(index, which), index, which)
+
+    def use_image_cache(self, cache: Any, image_root: PathLike) -> None:
+        """Read image tokens from ``cache`` (an :class:`~albef_struct.data.image_cache.ImageTokenCache`
+        keyed by paths relative to ``image_root``) instead of loading and transforming the images."""
+        self.image_cache, self.image_cache_root = cache, image_root
 
     @property
     def epoch(self) -> int:

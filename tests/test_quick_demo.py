@@ -1,0 +1,50 @@
+"""`make demo` (the quick profile) end to end at a tiny size: every stage runs and the table is complete.
+
+The Makefile target itself runs, in a scratch folder that links the repository's configs,
+virtual environment and converted DINOv2 weights, with tiny demo data (DEMO_DATA_ARGS) and
+an overlay (DEMO_EXTRA) that cuts every stage to two steps and small batches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+LINKED = ("configs", ".venv", ".cache", "setup.cfg", "pyproject.toml", "constraints.txt")
+SMOKE = {
+    "trainer": {"limit_train_batches": 2, "limit_val_batches": 1, "enable_progress_bar": False,
+                "enable_model_summary": False},
+    "data": {"init_args": {"batch_size": 8, "eval_batch_size": 16}},
+}
+
+
+def test_make_demo_runs_every_stage_and_writes_the_table(tmp_path):
+    if shutil.which("make") is None or not (REPO / ".venv" / "bin" / "albef-struct").exists():
+        pytest.fail("make and the project's .venv are needed (make test installs the .venv)")
+    for name in LINKED:
+        (tmp_path / name).symlink_to(REPO / name)
+    (tmp_path / "smoke.yaml").write_text(yaml.safe_dump(SMOKE))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        ["make", "-f", str(REPO / "Makefile"), "demo", "DEMO_EXTRA=--config smoke.yaml",
+         "DEMO_DATA_ARGS=--image-size 64 --n-train 48 --n-val 16 --n-test 16"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for stage in range(1, 9):
+        assert f"] {stage}/8 " in done.stdout  # one progress line per stage, with the time
+    summary = json.loads((tmp_path / "runs/demo_quick/summary.json").read_text())
+    assert summary and all(row["value"] is not None and row["blind"] is not None for row in summary)
+    assert (tmp_path / "runs/demo_quick/summary.png").stat().st_size > 10_000
+    assert (tmp_path / "data/demo/image_tokens_56.pt").is_file()
+    print(done.stdout[-2000:], file=sys.stderr)
