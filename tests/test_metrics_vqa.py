@@ -62,11 +62,48 @@ def test_vqa_accuracy_two_matches_by_hand() -> None:
     assert vqa_accuracy("blue", answers) == pytest.approx(1.0)
 
 
-def test_vqa_accuracy_normalises_both_sides() -> None:
-    assert vqa_accuracy("Yes", ["yes"] * 10) == 1.0
-    assert vqa_accuracy("two", ["2"] * 3 + ["3"] * 7) == pytest.approx(0.9)
-    assert vqa_accuracy("a dog.", ["Dog", "dog", "the dog!", "cat"] + ["cat"] * 6) == pytest.approx(0.9)
-    assert vqa_accuracy("grey", ["gray"] * 10) == 0.0
+def test_vqa_accuracy_always_normalises_both_sides() -> None:
+    assert vqa_accuracy("Yes", ["yes"] * 10, "always") == 1.0
+    assert vqa_accuracy("two", ["2"] * 3 + ["3"] * 7, "always") == pytest.approx(0.9)
+    assert vqa_accuracy("a dog.", ["Dog", "dog", "the dog!", "cat"] + ["cat"] * 6, "always") == pytest.approx(0.9)
+    assert vqa_accuracy("grey", ["gray"] * 10, "always") == 0.0
+    assert vqa_accuracy("2", ["Two"] * 10, "always") == 1.0
+
+
+# The official evaluation's rules, case by case: the prediction is always stripped, punctuation-processed,
+# lower-cased and freed of number words, articles and missing apostrophes; the annotators' answers are only
+# stripped, and punctuation-processed (nothing more) only when they are not all the same string.
+OFFICIAL_CASES = [
+    ("2", ["Two"] * 10, 0.0),  # unanimous: "Two" is compared as written
+    ("two", ["Two"] * 10, 0.0),  # the prediction becomes "2"
+    ("yes", ["Yes"] * 10, 0.0),  # unanimous capitals stay
+    ("Yes", ["yes"] * 10, 1.0),  # the prediction is lower-cased
+    ("dog", [" dog\n"] * 10, 1.0),  # surrounding whitespace goes on both sides
+    ("yes", ["yes."] * 4 + ["no"] * 6, 1.0),  # disagreement: "yes." loses its period
+    ("yes", ["yes."] * 10, 0.0),  # ...but not when unanimous
+    ("dog", ["a dog"] * 4 + ["cat"] * 6, 0.0),  # disagreement processes punctuation only, not articles
+    ("2", ["two"] * 5 + ["2"] * 5, 1.0),  # five "2" match; "two" never does
+    ("a dog.", ["Dog", "dog", "the dog!", "cat"] + ["cat"] * 6, 0.3),  # only the one "dog" matches
+    ("don't", ["dont"] * 10, 0.0),  # the prediction's apostrophe stays, the annotators' is not restored
+]
+
+
+@pytest.mark.parametrize("prediction, answers, expected", OFFICIAL_CASES)
+def test_vqa_accuracy_follows_the_official_rules_by_default(prediction, answers, expected) -> None:
+    assert vqa_accuracy(prediction, answers) == pytest.approx(expected)
+    assert vqa_accuracy(prediction, answers, "official") == pytest.approx(expected)
+    assert vqa_accuracy(prediction, answers, "always") >= vqa_accuracy(prediction, answers)  # never lower
+
+
+def test_the_metrics_take_the_normalization_and_refuse_unknown_ones() -> None:
+    official, always = VQAAccuracy(), VQAAccuracy("always")
+    for metric in (official, always):
+        metric.update(["2", "yes"], [["Two"] * 10, ["yes"] * 10])
+    assert float(official.compute()) == pytest.approx(0.5) and float(always.compute()) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        VQAAccuracy("loose")
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        vqa_accuracy("x", ["x"] * 4, "loose")
 
 
 def test_vqa_accuracy_other_annotator_counts() -> None:
@@ -89,7 +126,8 @@ def test_metric_aggregates_batches_to_the_mean() -> None:
         ["grey"] * 5 + ["gray"] * 5,
     ]
     expected = sum(vqa_accuracy(p, g) for p, g in zip(preds, gts)) / len(preds)
-    assert expected == pytest.approx((1 + 0.6 + 0.9 + 0.3 + 0 + 1) / 6)
+    # official rules: the annotators' "two" is not read as "2" (0.9 when both sides are normalised)
+    assert expected == pytest.approx((1 + 0.6 + 0 + 0.3 + 0 + 1) / 6)
 
     metric = VQAAccuracy()
     metric.update(preds[:2], gts[:2])

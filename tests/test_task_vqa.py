@@ -250,13 +250,19 @@ def test_tiny_model_overfits_six_demo_questions(demo_dir, tokenizer):
 
 # --- evaluation, chance level and the EvalAI file -----------------------------------------------------------
 def test_majority_answer_baseline():
-    metric = MajorityAnswerAccuracy()
     lookup = {"yes": 0, "no": 1, "2": 2}
-    metric.update([["yes"] * 10, ["Yes."] * 7 + ["no"] * 3, ["two"] * 10, []], lookup)  # "two" -> "2"
+    questions = [["yes"] * 10, ["Yes."] * 7 + ["no"] * 3, ["two"] * 10, []]
+    metric = MajorityAnswerAccuracy("always")
+    metric.update(questions, lookup)  # both sides normalised: "Yes." -> "yes", "two" -> "2"
     result = metric.compute()
     # "yes" scores 1 + 1 + 0 on the 3 annotated questions; "no" 0 + 0.9 + 0; "2" 0 + 0 + 1
     assert int(result["answer_index"]) == 0 and int(result["count"]) == 3
     assert float(result["acc"]) == pytest.approx(2.0 / 3.0)
+    official = MajorityAnswerAccuracy()  # the official rules: "Yes." only loses its period, "two" stays
+    official.update(questions, lookup)
+    result = official.compute()
+    # "yes" scores 1 + 0 + 0; "no" 0 + 0.9 + 0; "2" 0 + 0 + 0
+    assert int(result["answer_index"]) == 0 and float(result["acc"]) == pytest.approx(1.0 / 3.0)
 
 
 def eval_batches(demo_dir: Path, tokenizer: ALBEFTokenizer, duplicate_last: bool = False) -> list[dict]:
@@ -402,3 +408,9 @@ def test_cli_fit_two_steps_then_test_and_predict(tmp_path, demo_dir, capsys):
     answer_list = set(json.loads((demo_dir / "answer_list.json").read_text()))
     assert [s["question_id"] for s in predicted] == [r["question_id"] for r in records]
     assert all(s["answer"] in answer_list for s in predicted)
+
+
+def test_the_module_scores_with_the_official_rules_unless_told_otherwise():
+    assert {VQAModule(arch=tiny_config()).test_acc.normalization, VQAModule(arch=tiny_config()).val_acc.normalization} == {"official"}
+    always = VQAModule(arch=tiny_config(), answer_normalization="always")
+    assert (always.val_acc.normalization, always.test_acc.normalization, always.test_chance.normalization) == ("always",) * 3

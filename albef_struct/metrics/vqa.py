@@ -4,11 +4,18 @@ The score of a predicted answer is the mean, over the leave-one-out subsets of t
 annotators, of ``min(#annotators in the subset who gave that answer / 3, 1)``: with 10
 annotators, 1 match scores 0.3, 2 matches 0.6, 3 matches 0.9 and 4 or more 1.0.
 
-Answers are compared after :func:`normalize_answer`. The official script's variants
-differ on *when* they normalise (some only when the annotators disagree, some apply
-only part of it to the annotators' answers); here both sides are always normalised,
-which gives the same scores whenever the annotators' answers are already in normal
-form, as the released VQA v2 annotations are, and never scores "Yes" below "yes".
+Two ways to compare the predicted answer with the annotators' (``normalization``):
+
+* ``"official"`` (the default: the scores the VQA evaluation server and its released
+  script give): the prediction is stripped and brought to normal form
+  (:func:`normalize_answer`: punctuation, lower case, number words, articles,
+  contractions); the annotators' answers are only stripped of surrounding whitespace,
+  and only when they disagree among themselves is their punctuation processed too (no
+  lower-casing, no number words, no articles). So ten annotators answering "Two" score a
+  predicted "2" (or "two") 0, and ten answering "a dog" score "dog" 0.
+* ``"always"``: both sides always brought to normal form. Identical whenever the
+  annotators' answers are already in normal form, as most released VQA v2 answers are;
+  never lower than the official score.
 """
 
 from __future__ import annotations
@@ -25,7 +32,11 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-__all__ = ["normalize_answer", "vqa_accuracy", "VQAAccuracy", "MajorityAnswerAccuracy", "write_evalai_submission"]
+__all__ = ["normalize_answer", "vqa_accuracy", "VQAAccuracy", "MajorityAnswerAccuracy", "write_evalai_submission",
+           "NORMALIZATIONS"]
+
+#: ways to compare a prediction with the annotators' answers (see the module docstring)
+NORMALIZATIONS = ("official", "always")
 
 # Punctuation the official evaluation deletes or turns into a space. Periods are
 # handled separately (kept before a digit, as in "2.5"); apostrophes and colons stay.
@@ -92,10 +103,23 @@ def _words(text: str) -> str:
     return " ".join(_CONTRACTION_TABLE.get(w, w) for w in kept)
 
 
+def _stripped(text: str) -> str:
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
 def normalize_answer(text: str) -> str:
     """An answer in the official VQA evaluation's normal form ("Two dogs!" -> "2 dogs")."""
-    text = text.replace("\n", " ").replace("\t", " ").strip()
-    return _words(_strip_punctuation(text))
+    return _words(_strip_punctuation(_stripped(text)))
+
+
+def annotator_forms(annotator_answers: Sequence[str], normalization: str = "official") -> list[str]:
+    """The annotators' answers as the prediction is compared with them (see the module docstring)."""
+    if normalization == "always":
+        return [normalize_answer(a) for a in annotator_answers]
+    if normalization != "official":
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    answers = [_stripped(a) for a in annotator_answers]
+    return [_strip_punctuation(a) for a in answers] if len(set(answers)) > 1 else answers
 
 
 def _accuracy_normalized(prediction: str, answers: Sequence[str]) -> float:
@@ -106,19 +130,19 @@ def _accuracy_normalized(prediction: str, answers: Sequence[str]) -> float:
     return total / n
 
 
-def vqa_accuracy(prediction: str, annotator_answers: Sequence[str]) -> float:
+def vqa_accuracy(prediction: str, annotator_answers: Sequence[str], normalization: str = "official") -> float:
     """VQA accuracy in [0, 1] of one predicted answer against the annotators' answers.
 
     Needs at least 4 annotator answers for a score of 1 (VQA v2 has 10); with a single
     answer the score is always 0, so repeat single answers before evaluating.
+    ``normalization``: ``"official"`` or ``"always"`` (module docstring).
     """
     if isinstance(annotator_answers, str) or len(annotator_answers) == 0:
         raise ValueError(
             f"annotator_answers must be a non-empty list of strings (VQA v2 has 10 per question); "
             f"got {annotator_answers!r}"
         )
-    answers = [normalize_answer(a) for a in annotator_answers]
-    return _accuracy_normalized(normalize_answer(prediction), answers)
+    return _accuracy_normalized(normalize_answer(prediction), annotator_forms(annotator_answers, normalization))
 
 
 class VQAAccuracy(Metric):
@@ -128,8 +152,11 @@ class VQAAccuracy(Metric):
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, normalization: str = "official", **kwargs) -> None:
         super().__init__(**kwargs)
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+        self.normalization = normalization
         self.add_state("accuracy_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
@@ -140,7 +167,7 @@ class VQAAccuracy(Metric):
                 f"VQAAccuracy.update: {len(predictions)} predictions but {len(annotator_answers)} "
                 f"annotator-answer lists; pass one list of answers per question"
             )
-        batch = sum(vqa_accuracy(p, a) for p, a in zip(predictions, annotator_answers))
+        batch = sum(vqa_accuracy(p, a, self.normalization) for p, a in zip(predictions, annotator_answers))
         self.accuracy_sum += batch
         self.count += len(predictions)
 
@@ -161,8 +188,11 @@ class MajorityAnswerAccuracy(Metric):
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, normalization: str = "official", **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+        self.normalization = normalization
         self.add_state("candidate", default=[], dist_reduce_fx="cat")
         self.add_state("score", default=[], dist_reduce_fx="cat")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
@@ -178,7 +208,7 @@ class MajorityAnswerAccuracy(Metric):
                 index = lookup.get(answer)
                 if index is not None:  # only answers the model could give score above 0
                     candidates.append(index)
-                    scores.append(vqa_accuracy(answer, answers))
+                    scores.append(vqa_accuracy(answer, answers, self.normalization))
         self.count += questions
         if candidates:
             self.candidate.append(torch.tensor(candidates, dtype=torch.long, device=self.device))

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 
@@ -111,6 +111,9 @@ class VQAModule(ALBEFModule):
         albef_first_token_double_count: score candidates as ALBEF does, counting the
             first answer token twice (parity only; default: each token once).
         rank_chunk_size: candidate sequences per decoder pass when ranking (memory bound).
+        answer_normalization: how val/test accuracy compares answers: ``"official"`` (the VQA
+            evaluation's rules, the default) or ``"always"`` (both sides always normalised; see
+            :mod:`albef_struct.metrics.vqa`).
     """
 
     def __init__(
@@ -126,6 +129,7 @@ class VQAModule(ALBEFModule):
         k_test: int = 128,
         albef_first_token_double_count: bool = False,
         rank_chunk_size: int | None = 2048,
+        answer_normalization: Literal["official", "always"] = "official",
     ) -> None:
         super().__init__(self.task_spec.arch(arch), optim or self.task_spec.optim, alpha, alpha_warmup, distill, momentum, init_from,
                          text_dropout=text_dropout)
@@ -134,9 +138,9 @@ class VQAModule(ALBEFModule):
         self.k_test = k_test
         self.albef_first_token_double_count = albef_first_token_double_count
         self.rank_chunk_size = rank_chunk_size
-        self.val_acc = VQAAccuracy()
-        self.test_acc = VQAAccuracy()
-        self.test_chance = MajorityAnswerAccuracy()
+        self.val_acc = VQAAccuracy(answer_normalization)
+        self.test_acc = VQAAccuracy(answer_normalization)
+        self.test_chance = MajorityAnswerAccuracy(answer_normalization)
         self._candidates: AnswerCandidates | None = None
         self._answer_lookup: dict[str, int] = {}
         self._collected: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
