@@ -12,6 +12,7 @@ from pytorch_lightning.callbacks import Callback
 from jsonargparse import Namespace
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+from albef_struct.console_logging import configure_command_logging
 from albef_struct.errors import DEBUG_FLAG, debug_requested, hint, user_message
 from albef_struct.tasks.registry import LEGACY_PACKAGE, TASKS, current_class_path, task_of_class_path
 
@@ -230,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script: the project's own errors come out as one message
     and exit status 1 (``--debug`` or ``ALBEF_STRUCT_DEBUG=1``: with the traceback)."""
     debug, args = debug_requested(list(sys.argv[1:] if argv is None else argv))
+    configure_command_logging()
     try:
         return _dispatch(args, pass_args=argv is not None)
     except Exception as error:  # noqa: BLE001 - only the project's errors are caught; the rest re-raise
