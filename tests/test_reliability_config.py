@@ -90,9 +90,12 @@ def with_val(demo_dir: Path, **override) -> dict:
          r"augmented_view is 'second_view' but the DataModule yields no second view: set data\.init_args\.second_view"),
         ({"data": {"init_args": {"max_tokens": 100}}},
          r"data\.init_args\.max_tokens=100 exceeds model\.init_args\.arch\.text\.max_position=64"),
+        ({"model": {"init_args": {"arch": {"text": {"vocab_size": 1000}}}}},
+         r"the tokenizer at \S+ has 30522 tokens but model\.init_args\.arch\.text\.vocab_size is 1000: ids from 1000 "
+         r"up would index past the word embeddings; set data\.init_args\.tokenizer_path"),
     ],
     ids=["queue-not-multiple", "queue-smaller-than-batch", "k_test-over-gallery", "second-view-missing",
-         "text-length"],
+         "text-length", "vocabulary-larger-than-embeddings"],
 )
 def test_incompatible_settings_fail_in_setup_before_the_first_step(tmp_path, demo_dir, override, message):
     override = dict(override)

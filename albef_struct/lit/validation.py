@@ -49,7 +49,7 @@ def find_problems(
     """Every problem :func:`validate_run` would report, as sentences."""
     checks: tuple[Callable[..., Problems], ...] = (
         queue_problems, gallery_problems, second_view_problems, image_size_problems, text_length_problems,
-        monitor_problems,
+        vocabulary_problems, monitor_problems,
     )
     return [problem for check in checks for problem in check(trainer, module, datamodule, stage)]
 
@@ -168,6 +168,20 @@ def text_length_problems(trainer: pl.Trainer, module: Any, datamodule: Any, stag
             f"model.init_args.arch.text.max_position={max_position} is below the {RETRIEVAL_EVAL_TOKENS} tokens retrieval "
             f"evaluation pads texts to; set max_position >= {RETRIEVAL_EVAL_TOKENS}"
         )
+
+
+def vocabulary_problems(trainer: pl.Trainer, module: Any, datamodule: Any, stage: str) -> Problems:
+    """Every token id the tokenizer can produce must have a row in the word embeddings."""
+    config = getattr(getattr(module, "model", None), "config", None)
+    tokenizer = getattr(datamodule, "tokenizer", None)
+    if config is None or tokenizer is None or len(tokenizer) <= config.text.vocab_size:
+        return
+    yield (
+        f"the tokenizer at {tokenizer.path} has {len(tokenizer)} tokens but model.init_args.arch.text.vocab_size is "
+        f"{config.text.vocab_size}: ids from {config.text.vocab_size} up would index past the word embeddings; set "
+        f"data.init_args.tokenizer_path to the vocabulary the model was built for, or arch.text.vocab_size to at least "
+        f"{len(tokenizer)} (a checkpoint's word embeddings must then have that many rows too)"
+    )
 
 
 def _has_validation(trainer: pl.Trainer, datamodule: Any) -> bool:
