@@ -1,4 +1,8 @@
-"""Data: ALBEF-format JSON records → cleaned text, transformed images, tokenized batches, DataModules."""
+"""Data: ALBEF-format JSON records → cleaned text, transformed images, tokenized batches, DataModules.
+
+The DataModules (Lightning) load on first use, so the rest imports without Lightning
+(``albef_struct.inference`` needs only the tokenizer and the transforms).
+"""
 
 from .bad_records import BadRecordError, SkipReport
 from .collate import (
@@ -11,14 +15,6 @@ from .collate import (
     VQATestCollate,
     VQATrainCollate,
     is_empty_batch,
-)
-from .datamodules import (
-    ALBEFDataModule,
-    NLVRDataModule,
-    PretrainDataModule,
-    RetrievalDataModule,
-    VEDataModule,
-    VQADataModule,
 )
 from .datasets import (
     NLVRDataset,
@@ -48,6 +44,19 @@ from .transforms import (
     test_transform,
     train_transform,
 )
+
+#: the Lightning DataModules, imported from .datamodules when first named
+_DATAMODULES = ("ALBEFDataModule", "NLVRDataModule", "PretrainDataModule", "RetrievalDataModule", "VEDataModule",
+                "VQADataModule")
+
+
+def __getattr__(name: str):
+    if name in _DATAMODULES:
+        from . import datamodules
+
+        return getattr(datamodules, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "WordDropSwap",

@@ -30,6 +30,7 @@ from albef_struct.lit.schedule import OptimConfig
 from albef_struct.lit.task import ALBEFModule
 from albef_struct.losses.classification import distilled_cross_entropy
 from albef_struct.models import ALBEF, ALBEFConfig
+from albef_struct.tasks.passes import fuse_pair, nlvr_logits
 from albef_struct.tasks.registry import SummaryMetric, register_task
 
 # ALBEF's recipes (NLVR.yaml, NLVR_pretrain.yaml): 100 warm-up steps at 1e-5, then 2e-5.
@@ -37,32 +38,6 @@ NLVR_OPTIM = OptimConfig(lr=2e-5, weight_decay=0.02, warmup_lr=1e-5, warmup_step
 TA_OPTIM = OptimConfig(lr=2e-5, weight_decay=0.02, warmup_lr=1e-5, warmup_steps=100, min_lr=1e-5)
 
 TA_TEMPERATURE = 0.07  # ALBEF's fixed temperature of the image-image similarities (not the learnable temp)
-
-
-# --- shared computation ---------------------------------------------------------------------------
-def fuse_pair(
-    model: ALBEF,
-    image0_embeds: torch.Tensor,
-    image1_embeds: torch.Tensor,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-) -> torch.Tensor:
-    """Fused text states; even fusion layers attend ``image0_embeds``, odd ones ``image1_embeds``."""
-    text = model.encode_text(input_ids, attention_mask).embeds
-    return model.fuse(text, attention_mask, [image0_embeds, image1_embeds])
-
-
-def nlvr_logits(
-    model: ALBEF,
-    image0: torch.Tensor,
-    image1: torch.Tensor,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-) -> torch.Tensor:
-    """NLVR2 logits ``[B, 2]`` (class 1 = "True"); both images go through the ViT in one call."""
-    embeds = model.encode_image(torch.cat([image0, image1])).embeds
-    embeds0, embeds1 = embeds.split(image0.shape[0])
-    return model.classify(fuse_pair(model, embeds0, embeds1, input_ids, attention_mask))
 
 
 class TextAssignment(NamedTuple):

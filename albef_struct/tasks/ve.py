@@ -20,20 +20,11 @@ from albef_struct.data import VEDataModule
 from albef_struct.lit.classification import ClassifierModule
 from albef_struct.lit.schedule import OptimConfig
 from albef_struct.models import ALBEF, ALBEFConfig
+from albef_struct.tasks.passes import VE_LABELS, ve_logits
 from albef_struct.tasks.registry import SummaryMetric, register_task
 
-VE_LABELS = ("contradiction", "neutral", "entailment")  # class index = position (ALBEF's ve_dataset)
 # ALBEF's VE.yaml: 100 warm-up steps at 1e-5, then 2e-5 with a per-epoch cosine to 1e-6.
 VE_OPTIM = OptimConfig(lr=2e-5, weight_decay=0.02, warmup_lr=1e-5, warmup_steps=100, min_lr=1e-6)
-
-
-def ve_logits(
-    model: ALBEF, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> torch.Tensor:
-    """Class logits ``[B, 3]``: text layers, fusion layers attending every image token, ``cls_head``."""
-    image = model.encode_image(images).embeds
-    text = model.encode_text(input_ids, attention_mask).embeds
-    return model.classify(model.fuse(text, attention_mask, image))
 
 
 @register_task(

@@ -48,6 +48,7 @@ from albef_struct.metrics.vqa import MajorityAnswerAccuracy
 from albef_struct.models import ALBEF, ALBEFConfig
 from albef_struct.tasks.registry import PER_FUSION_LAYER, SummaryMetric, register_task
 from albef_struct.tasks.vqa_answers import (
+    ANSWER_LIST_KEY,
     RankedAnswers,
     answer_losses,
     question_states,
@@ -241,6 +242,14 @@ class VQAModule(ALBEFModule):
 
     def on_predict_start(self) -> None:
         self._load_answer_list()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The candidate answers go with the weights, so ``albef_struct.inference`` can answer without them."""
+        super().on_save_checkpoint(checkpoint)
+        if self._candidates is None:
+            self._load_answer_list()
+        if self._candidates is not None:
+            checkpoint[ANSWER_LIST_KEY] = list(self._candidates.answers)
 
     def on_test_epoch_start(self) -> None:
         self._collected = []

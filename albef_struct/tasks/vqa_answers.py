@@ -17,6 +17,8 @@ from albef_struct.losses import soft_cross_entropy
 from albef_struct.models import ALBEF
 
 IGNORE_INDEX = -100
+#: a VQA checkpoint of this project keeps its candidate answers under this key (read by albef_struct.inference)
+ANSWER_LIST_KEY = "vqa_answer_list"
 #: ``decoder(input_ids, attention_mask, encoder_hidden, encoder_mask) -> logits [N, L, vocab]``
 Decoder = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
