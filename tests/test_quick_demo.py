@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from tests.conftest import REPO
@@ -48,3 +49,36 @@ def test_make_demo_runs_every_stage_and_writes_the_table(tmp_path):
     assert (tmp_path / "runs/demo_quick/summary.png").stat().st_size > 10_000
     assert (tmp_path / "data/demo/image_tokens_56.pt").is_file()
     print(done.stdout[-2000:], file=sys.stderr)
+    check_inference_on_demo_checkpoints(tmp_path / "runs/demo_quick", tmp_path / "data/demo")
+
+
+def check_inference_on_demo_checkpoints(runs, data) -> None:
+    """Every albef_struct.inference call works on the checkpoints `make demo` writes."""
+    from albef_struct import inference
+
+    def records(name: str) -> list[dict]:
+        return json.loads((data / name).read_text())[:4]
+
+    def image(path: str):
+        return data / (path if path.endswith(".jpg") else f"{path}.jpg")
+
+    retrieval = records("retrieval_test.json")
+    for ckpt in ("pretrain/checkpoints/last.ckpt", "retrieval/checkpoints/best.ckpt"):
+        model = inference.load(runs / ckpt)
+        sims = model.similarity([image(r["image"]) for r in retrieval], [r["caption"][0] for r in retrieval])
+        assert sims.shape == (4, 4) and torch.all(sims.abs() <= 1 + 1e-5)
+        match = model.match([image(r["image"]) for r in retrieval], [r["caption"][0] for r in retrieval])
+        assert match.shape == (4,) and torch.all((match >= 0) & (match <= 1))
+    ve = records("ve_test.json")
+    predictions = inference.load(runs / "ve/checkpoints/best.ckpt").predict([image(r["image"]) for r in ve],
+                                                                            [r["sentence"] for r in ve])
+    assert {p.label for p in predictions} <= {"entailment", "neutral", "contradiction"}
+    nlvr = records("nlvr_test.json")
+    predictions = inference.load(runs / "nlvr/checkpoints/best.ckpt").predict(
+        [tuple(image(i) for i in r["images"]) for r in nlvr], [r["sentence"] for r in nlvr])
+    assert {p.label for p in predictions} <= {"True", "False"}
+    vqa = records("vqa_test.json")
+    answers = inference.load(runs / "vqa/checkpoints/best.ckpt").answer(  # the answer list comes with the checkpoint
+        [image(r["image"]) for r in vqa], [r["question"] for r in vqa], top=3)
+    answer_list = set(json.loads((data / "answer_list.json").read_text()))
+    assert all(len(row) == 3 and {a.answer for a in row} <= answer_list for row in answers)
