@@ -52,16 +52,28 @@ DEMO_EXTRA ?=
 DEMO_DATA_ARGS ?=
 QUICK = --config configs/demo/quick/common.yaml --config configs/demo/quick/$(1).yaml $(DEMO_EXTRA)
 STAGE = @echo "[make demo $$(date +%T)] $(1)"
+# Zero-shot and k-shot classification of single-object images (data/demo/classify, ImageFolder trees)
+# by the pretrained model; prompts phrased as the demo captions are (colour: averaged over the shapes).
+CLASSIFY_DATA_ARGS ?= --train 20 --test 20
+CLASSIFY_SHOTS ?= 1 5 10
+SHAPE_PROMPTS := "a {} on a plain background" "an image with a {}" "one shape: a {}" "a single {}"
+COLOUR_PROMPTS := "a {} circle" "a {} square" "a {} triangle" "a {} diamond" "a {} star" "a {} cross"
+CLASSIFY = $(CLI) classify --ckpt $(1) --images data/demo/classify/$(2)/test \
+	--few-shot-train data/demo/classify/$(2)/train --shots $(CLASSIFY_SHOTS) --templates $(3) \
+	--out $(4)/classify/$(2).json
 
 demo: $(STAMP) $(DINOV2)
 	$(call STAGE,1/8 demo data)
 	$(PY) -m albef_struct.data_prep.demo_data --out data/demo $(DEMO_DATA_ARGS)
 	$(call STAGE,2/8 DINOv2 tokens of every demo image)
 	$(CLI) cache-images --arch configs/model/small_arch.yaml --img-size 56 --images data/demo --out $(QUICK_CACHE)
-	$(call STAGE,3/8 pretraining + zero-shot retrieval)
+	$(call STAGE,3/8 pretraining + zero-shot retrieval and classification)
 	$(CLI) fit --config configs/demo/pretrain_small.yaml $(call QUICK,pretrain)
 	$(CLI) test --config configs/demo/pretrain_small.yaml $(call QUICK,pretrain) --verbose false \
 		--ckpt_path runs/demo_quick/pretrain/checkpoints/last.ckpt
+	$(PY) -m albef_struct.data_prep.demo_classification --out data/demo/classify $(CLASSIFY_DATA_ARGS)
+	$(call CLASSIFY,runs/demo_quick/pretrain/checkpoints/last.ckpt,shape,$(SHAPE_PROMPTS),runs/demo_quick)
+	$(call CLASSIFY,runs/demo_quick/pretrain/checkpoints/last.ckpt,colour,$(COLOUR_PROMPTS),runs/demo_quick)
 	set -e; n=4; for task in $(DEMO_TASKS); do \
 		echo "[make demo $$(date +%T)] $$n/8 $$task"; n=$$((n+1)); \
 		$(CLI) fit --config configs/demo/$$task.yaml $(call QUICK,$$task); \
@@ -77,13 +89,16 @@ demo: $(STAMP) $(DINOV2)
 	$(PY) -m albef_struct.demo_summary --runs runs/demo_quick --pretrain-run runs/demo_quick/pretrain
 
 # The demo configs read data/demo and write runs/demo/<stage>/ (see configs/demo/*.yaml):
-# pretraining + zero-shot retrieval, then every task fine-tuned briefly from it and tested,
+# pretraining + zero-shot retrieval and classification, then every task fine-tuned briefly from it and tested,
 # ending with one table (runs/demo/summary.json).
 demo-full: $(STAMP) $(DINOV2)
 	@test -n "$(DEMO_CONFIG)" || { echo "DEMO_MODEL must be tiny or small, not '$(DEMO_MODEL)'"; exit 2; }
 	$(PY) -m albef_struct.data_prep.demo_data --out data/demo
 	$(CLI) fit --config $(DEMO_CONFIG)
 	$(CLI) test --config $(DEMO_CONFIG) --verbose false --ckpt_path $(DEMO_RUN)/checkpoints/last.ckpt
+	$(PY) -m albef_struct.data_prep.demo_classification --out data/demo/classify $(CLASSIFY_DATA_ARGS)
+	$(call CLASSIFY,$(DEMO_RUN)/checkpoints/last.ckpt,shape,$(SHAPE_PROMPTS),runs/demo)
+	$(call CLASSIFY,$(DEMO_RUN)/checkpoints/last.ckpt,colour,$(COLOUR_PROMPTS),runs/demo)
 	$(MAKE) --no-print-directory demo-tasks DEMO_MODEL=$(DEMO_MODEL)
 
 # Fine-tune and test each task from the demo pretraining (make demo runs this after it).

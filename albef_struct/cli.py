@@ -24,6 +24,9 @@ EXTRA_COMMANDS: dict[str, tuple[str, str, str]] = {
     "analyze": ("albef_struct.analysis", "main", "latent geometry, linear probes and a 2-D picture of embeddings"),
     "convert": ("albef_struct.convert", "main", "official ALBEF checkpoint -> this project's .ckpt + .safetensors"),
     "cache-images": ("albef_struct.data.image_cache", "main", "a folder of images -> a frozen image encoder's tokens"),
+    "classify": ("albef_struct.inference.commands", "classify_main", "zero-shot (and k-shot probe) image classification"),
+    "index": ("albef_struct.inference.commands", "index_main", "embed a folder of images for search"),
+    "search": ("albef_struct.inference.commands", "search_main", "the indexed images that best match a text"),
 }
 
 

@@ -151,13 +151,38 @@ def plot_results(results: list[Result], path: Path) -> Path:
     return path
 
 
+#: ``albef-struct classify`` results of the pretrained model, one file per attribute (``RUNS/classify/<attr>.json``)
+CLASSIFY_DIR = "classify"
+FEW_SHOT_ROW = "5"
+
+
+def classification_results(runs: Path) -> list[Result]:
+    """Zero-shot top-1 and the 5-shot probe of each classification file under ``RUNS/classify`` (blind = chance:
+    without the image no prompt or probe can tell the classes apart)."""
+    results = []
+    for path in sorted((runs / CLASSIFY_DIR).glob("*.json")):
+        try:
+            payload = json.loads(path.read_text())
+            chance, top1 = payload["chance_top1"], payload["zero_shot"]["top1"]
+        except (json.JSONDecodeError, KeyError) as error:
+            raise ValueError(f"{path} is not an `albef-struct classify --out` file ({error}); re-run that stage") from error
+        attribute = path.stem
+        results.append(Result("zero-shot classification", f"{attribute}: zero-shot top-1 (prompts, pretrained model)",
+                              top1, chance, str(path), chance))
+        few = (payload.get("few_shot") or {}).get(FEW_SHOT_ROW)
+        if few is not None:
+            results.append(Result("few-shot classification", f"{attribute}: {FEW_SHOT_ROW}-shot linear probe, "
+                                  f"mean of {len(few['runs'])} seeds", few["mean"], chance, str(path), chance))
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path("runs/demo"), help="folder holding the task runs")
     parser.add_argument("--pretrain-run", type=Path, default=Path("runs/demo/pretrain_small"))
     parser.add_argument("--out", type=Path, default=None, help="summary JSON (default: RUNS/summary.json)")
     args = parser.parse_args(argv)
-    results = collect(args.runs, args.pretrain_run)
+    results = collect(args.runs, args.pretrain_run) + classification_results(args.runs)
     print("\nDemo results (test splits, %; blind: the best score without the image)\n" + format_table(results))
     out = args.out or args.runs / "summary.json"
     out.parent.mkdir(parents=True, exist_ok=True)

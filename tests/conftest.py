@@ -84,3 +84,18 @@ def demo_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo")
     generate(out, seed=0, image_size=64, n_train=48, n_val=8, n_test=8)
     return out
+
+
+@pytest.fixture(scope="session")
+def pretrain_ckpt(tmp_path_factory) -> Path:
+    """A tiny pretraining checkpoint of this project at 64 px (random weights, seed 0)."""
+    from dataclasses import replace
+
+    from albef_struct.checkpoint.weights import TaskWeights
+    from albef_struct.lit.checkpoints import save_lightning_checkpoint
+
+    torch.manual_seed(0)
+    arch = tiny_config(vision=replace(tiny_config().vision, img_size=64))
+    path = tmp_path_factory.mktemp("ckpt") / "pretrain.ckpt"
+    save_lightning_checkpoint(TaskWeights.for_task("pretrain", arch, queue_size=16), "pretrain", path)
+    return path

@@ -14,9 +14,7 @@ from PIL import Image
 
 from albef_struct import inference
 from albef_struct.analysis import embed_split
-from albef_struct.checkpoint.weights import TaskWeights
 from albef_struct.data import ALBEFTokenizer
-from albef_struct.lit.checkpoints import save_lightning_checkpoint
 from tests.conftest import PARITY_DIR, load_fixture, parity_config, tiny_config
 
 TASK_RES = json.loads((PARITY_DIR / "config.json").read_text())["architecture"]["task_res"]
@@ -104,15 +102,6 @@ def test_loading_needs_no_lightning() -> None:
 
 
 # --- this project's checkpoints ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def pretrain_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    arch = tiny_config(vision=replace(tiny_config().vision, img_size=64))
-    path = tmp_path_factory.mktemp("ckpt") / "pretrain.ckpt"
-    save_lightning_checkpoint(TaskWeights.for_task("pretrain", arch, queue_size=16), "pretrain", path)
-    return path
-
-
 def test_similarity_equals_the_retrieval_evaluators_itc_scores(pretrain_ckpt, demo_dir) -> None:
     model = inference.load(pretrain_ckpt)
     records = json.loads((demo_dir / "retrieval_test.json").read_text())

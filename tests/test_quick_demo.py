@@ -38,7 +38,8 @@ def test_make_demo_runs_every_stage_and_writes_the_table(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
         ["make", "-f", str(REPO / "Makefile"), "demo", "DEMO_EXTRA=--config smoke.yaml",
-         "DEMO_DATA_ARGS=--image-size 64 --n-train 48 --n-val 16 --n-test 16"],
+         "DEMO_DATA_ARGS=--image-size 64 --n-train 48 --n-val 16 --n-test 16",
+         "CLASSIFY_DATA_ARGS=--image-size 32 --train 5 --test 2", "CLASSIFY_SHOTS=1 5"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -48,6 +49,11 @@ def test_make_demo_runs_every_stage_and_writes_the_table(tmp_path):
     assert summary and all(row["value"] is not None and row["blind"] is not None for row in summary)
     assert (tmp_path / "runs/demo_quick/summary.png").stat().st_size > 10_000
     assert (tmp_path / "data/demo/image_tokens_56.pt").is_file()
+    rows = {row["label"]: row for row in summary}
+    for attribute, classes in (("shape", 6), ("colour", 8)):
+        zero_shot = rows[f"{attribute}: zero-shot top-1 (prompts, pretrained model)"]
+        assert zero_shot["chance"] == pytest.approx(100 / classes) and 0 <= zero_shot["value"] <= 100
+        assert f"{attribute}: 5-shot linear probe, mean of 3 seeds" in rows
     print(done.stdout[-2000:], file=sys.stderr)
     check_inference_on_demo_checkpoints(tmp_path / "runs/demo_quick", tmp_path / "data/demo")
 
