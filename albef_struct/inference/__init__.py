@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from albef_struct.data.tokenizer import ALBEFTokenizer
+from albef_struct.inference.errors import InferenceInputError
 from albef_struct.inference.loading import ANSWER_LIST_KEY, LoadedCheckpoint, read_checkpoint
 from albef_struct.inference.model import InferenceModel, Prediction, RankedAnswer
 from albef_struct.models import ALBEFConfig
@@ -57,9 +58,9 @@ def _answers(answer_list: str | Path | Sequence[str]) -> list[str]:
         try:
             answers = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path}: cannot read the answer list ({err}); pass a JSON list of answers") from err
+            raise InferenceInputError(f"{path}: cannot read the answer list ({err}); pass a JSON list of answers") from err
     else:
         answers = list(answer_list)
     if not answers or not all(isinstance(a, str) for a in answers):
-        raise ValueError(f"the answer list must be a non-empty list of strings, got {str(answers)[:80]}")
+        raise InferenceInputError(f"the answer list must be a non-empty list of strings, got {str(answers)[:80]}")
     return answers

@@ -10,6 +10,8 @@ from pathlib import Path
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from albef_struct.inference.errors import InferenceInputError, MissingInputError
+
 
 @dataclass
 class LabelledImages:
@@ -32,12 +34,12 @@ def labelled_images(source: str | Path, image_root: str | Path | None = None,
         pairs = _json_pairs(source, Path(image_root) if image_root else source.parent)
         found = sorted({label for _, label in pairs})
     else:
-        raise FileNotFoundError(f"{source}: neither a class-per-folder image tree nor a JSON list of "
+        raise MissingInputError(f"{source}: neither a class-per-folder image tree nor a JSON list of "
                                 "{\"image\", \"label\"} records")
     order = list(classes) if classes else list(found)
     unknown = sorted({label for _, label in pairs} - set(order))
     if unknown:
-        raise ValueError(f"{source}: labels {unknown[:5]} are not among the classes {order}; add them to --classes")
+        raise InferenceInputError(f"{source}: labels {unknown[:5]} are not among the classes {order}; add them to --classes")
     index = {name: i for i, name in enumerate(order)}
     return LabelledImages([p for p, _ in pairs], [index[label] for _, label in pairs], order)
 
@@ -46,14 +48,14 @@ def _json_pairs(path: Path, root: Path) -> list[tuple[Path, str]]:
     try:
         records = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not JSON ({err.msg} at line {err.lineno}); expected a list of "
+        raise InferenceInputError(f"{path}: not JSON ({err.msg} at line {err.lineno}); expected a list of "
                          "{\"image\", \"label\"} records") from err
     if not isinstance(records, list) or not records:
-        raise ValueError(f"{path}: expected a non-empty JSON list of {{\"image\", \"label\"}} records")
+        raise InferenceInputError(f"{path}: expected a non-empty JSON list of {{\"image\", \"label\"}} records")
     pairs = []
     for number, record in enumerate(records):
         if not isinstance(record, dict) or not isinstance(record.get("image"), str) or "label" not in record:
-            raise ValueError(f"{path}, record {number}: {str(record)[:80]} lacks \"image\" (a path) or \"label\"")
+            raise InferenceInputError(f"{path}, record {number}: {str(record)[:80]} lacks \"image\" (a path) or \"label\"")
         pairs.append((root / record["image"], str(record["label"])))
     return pairs
 
@@ -62,8 +64,8 @@ def image_files(folder: str | Path) -> list[Path]:
     """Every image file under ``folder`` (torchvision's image extensions), in sorted order."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder of images")
+        raise MissingInputError(f"{folder}: no such folder of images")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
     if not files:
-        raise ValueError(f"{folder}: no image files ({', '.join(IMG_EXTENSIONS)}) found")
+        raise InferenceInputError(f"{folder}: no image files ({', '.join(IMG_EXTENSIONS)}) found")
     return files

@@ -9,6 +9,7 @@ from typing import Union
 import torch
 from PIL import Image
 
+from albef_struct.inference.errors import MissingInputError, UnreadableImageError
 from albef_struct.data.text import pre_caption, pre_question
 from albef_struct.data.tokenizer import ALBEFTokenizer
 
@@ -32,12 +33,12 @@ def open_image(item: str | Path | Image.Image) -> Image.Image:
         return item.convert("RGB")
     path = Path(item)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such image file")
+        raise MissingInputError(f"{path}: no such image file")
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
     except OSError as err:
-        raise OSError(f"{path}: not a readable image ({err}); pass a JPEG/PNG file or a PIL image") from err
+        raise UnreadableImageError(f"{path}: not a readable image ({err}); pass a JPEG/PNG file or a PIL image") from err
 
 
 def image_list(images: Images) -> list[ImageLike] | torch.Tensor:

@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import torch
 
+from albef_struct.inference.errors import InferenceInputError
 from albef_struct.data.collate import RETRIEVAL_EVAL_TOKENS
 from albef_struct.data.tokenizer import ALBEFTokenizer
 from albef_struct.data.transforms import test_transform
@@ -61,7 +62,7 @@ class InferenceModel:
     # --- inputs ---------------------------------------------------------------------------------------
     def _needs(self, what: str, present: bool, kinds: str) -> None:
         if not present:
-            raise ValueError(f"{self.source} is a {self.kind} model without {what}; this call needs {kinds}")
+            raise InferenceInputError(f"{self.source} is a {self.kind} model without {what}; this call needs {kinds}")
 
     def _images(self, images: Images) -> list[torch.Tensor]:
         items = image_list(images)
@@ -72,7 +73,7 @@ class InferenceModel:
     def _check_vocabulary(self) -> None:
         """Token ids the tokenizer can produce must have rows in the word embeddings (checked before tokenizing)."""
         if len(self.tokenizer) > self.config.text.vocab_size:
-            raise ValueError(
+            raise InferenceInputError(
                 f"the tokenizer at {self.tokenizer.path} has {len(self.tokenizer)} tokens but {self.source}'s word "
                 f"embeddings have {self.config.text.vocab_size} rows; load(..., tokenizer=DIR) with the vocabulary "
                 "the model was trained with, or pass token dicts")
@@ -93,7 +94,7 @@ class InferenceModel:
         """How many (image, text) pairs; one image or one text may be shared by all when ``shared``."""
         if n_images != n_texts and not (shared and 1 in (n_images, n_texts)):
             either = " (or one of either)" if shared else ""
-            raise ValueError(f"{n_images} images and {n_texts} texts: pass one text per image{either}")
+            raise InferenceInputError(f"{n_images} images and {n_texts} texts: pass one text per image{either}")
         return max(n_images, n_texts)
 
     # --- contrastive embeddings -------------------------------------------------------------------------
@@ -185,7 +186,7 @@ class InferenceModel:
             return [str(i) for i in range(tokens["input_ids"].shape[0])], tokens
         answers = list(candidates) if candidates is not None else self.answer_list
         if not answers:
-            raise ValueError(f"{self.source} stores no answer list: pass candidates=[...] (e.g. the answer_list.json "
+            raise InferenceInputError(f"{self.source} stores no answer list: pass candidates=[...] (e.g. the answer_list.json "
                              "of the VQA data) or load(..., answer_list=PATH)")
         if self._answer_tokens is None or self._answer_tokens[0] != answers:
             self._check_vocabulary()

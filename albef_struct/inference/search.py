@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import torch
 
+from albef_struct.inference.errors import InferenceInputError, MissingInputError
 from albef_struct.inference.image_sets import image_files
 from albef_struct.inference.model import InferenceModel
 
@@ -41,11 +42,11 @@ class SearchIndex:
         folder = Path(folder)
         manifest = _read_manifest(folder)
         if manifest is None:
-            raise FileNotFoundError(f"{folder} has no {MANIFEST}: build the index with `albef-struct index` first")
+            raise MissingInputError(f"{folder} has no {MANIFEST}: build the index with `albef-struct index` first")
         chunks = _chunk_count(len(manifest["images"]), manifest["chunk_size"])
         missing = [i for i in range(chunks) if not _chunk_path(folder, i).is_file()]
         if missing:
-            raise FileNotFoundError(f"{folder}: chunk(s) {missing[:5]} of {chunks} are missing; rerun "
+            raise MissingInputError(f"{folder}: chunk(s) {missing[:5]} of {chunks} are missing; rerun "
                                     "`albef-struct index` with the same arguments to finish it")
         feats = torch.cat([torch.load(_chunk_path(folder, i), weights_only=True) for i in range(chunks)])
         return cls(folder, manifest["checkpoint"], manifest["images"], feats)
@@ -72,7 +73,7 @@ def build_index(model: InferenceModel, checkpoint: str | Path, images: str | Pat
                 "chunk_size": chunk_size, "images": paths}
     existing = _read_manifest(out)
     if existing is not None and existing != manifest:
-        raise ValueError(f"{out} holds an index of another checkpoint, image list or chunk size; pass a new --out "
+        raise InferenceInputError(f"{out} holds an index of another checkpoint, image list or chunk size; pass a new --out "
                          "(or delete the folder to rebuild it)")
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).write_text(json.dumps(manifest))
@@ -97,7 +98,7 @@ def _read_manifest(folder: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: damaged index manifest ({err.msg}); delete {folder} and rebuild the index") from err
+        raise InferenceInputError(f"{path}: damaged index manifest ({err.msg}); delete {folder} and rebuild the index") from err
 
 
 def _chunk_count(n: int, chunk_size: int) -> int:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from albef_struct.inference.errors import InferenceInputError
 from albef_struct.inference.inputs import Images, image_list
 from albef_struct.inference.model import InferenceModel
 from albef_struct.metrics.probe import linear_probe_accuracy
@@ -19,7 +20,7 @@ DEFAULT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image with a 
 def prompts(class_name: str, templates: Sequence[str]) -> list[str]:
     bad = [t for t in templates if "{}" not in t]
     if bad:
-        raise ValueError(f"prompt templates need a '{{}}' where the class name goes: {bad}")
+        raise InferenceInputError(f"prompt templates need a '{{}}' where the class name goes: {bad}")
     return [t.format(class_name) for t in templates]
 
 
@@ -40,7 +41,7 @@ def zero_shot_scores(model: InferenceModel, images: Images | torch.Tensor, class
     if rerank_k <= 0:
         return scores
     if _embeddings(images):
-        raise ValueError("ITM re-ranking needs the images themselves, not their embeddings")
+        raise InferenceInputError("ITM re-ranking needs the images themselves, not their embeddings")
     k = min(rerank_k, len(classes))
     top = scores.topk(k, dim=1).indices
     n = scores.shape[0]
@@ -81,7 +82,7 @@ def few_shot_accuracy(train_feats: torch.Tensor, train_labels: Sequence[int], te
             for label in sorted(set(train_y.tolist())):
                 members = (train_y == label).nonzero().flatten()
                 if len(members) < k:
-                    raise ValueError(f"class {label} has {len(members)} training images, fewer than {k} shots")
+                    raise InferenceInputError(f"class {label} has {len(members)} training images, fewer than {k} shots")
                 chosen.append(members[torch.randperm(len(members), generator=generator)[:k]])
             rows = torch.cat(chosen)
             runs.append(100.0 * linear_probe_accuracy(train_feats[rows], train_y[rows], test_feats, test_y, seed=seed))
