@@ -137,3 +137,27 @@ def test_index_is_resumable_and_search_ranks_by_itc(model, pretrain_ckpt, classi
     assert main(["search", "--index", str(tmp_path / "index"), "--query", "a red star", "--top", "2", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert [h["path"] for h in printed["a red star"]] == [h.path for h in hits[:2]]
+
+
+def test_classify_index_and_search_take_an_official_layout_file(pretrain_ckpt, classify_dir, tmp_path) -> None:
+    """The commands on an official-layout ALBEF file (written here from the tiny checkpoint, the real vocabulary):
+    the same numbers as on the project checkpoint it came from."""
+    from albef_struct.checkpoint.export import export_albef
+    from albef_struct.checkpoint.files import load_checkpoint_file
+
+    state = load_checkpoint_file(pretrain_ckpt)["state_dict"]
+    official = tmp_path / "ALBEF_tiny.pth"
+    torch.save({"model": export_albef(state, "pretrain")}, official)
+    ours = inference.load(pretrain_ckpt)
+    theirs = inference.load(official, arch=ours.config)  # its 2 heads of width 32 are not width / 64
+    assert theirs.kind == "pretrain"
+    images = classify_dir / "colour" / "test"
+    torch.testing.assert_close(theirs.similarity(image_files(images), ["a red star"]),
+                               ours.similarity(image_files(images), ["a red star"]), atol=1e-6, rtol=0)
+    index = build_index(theirs, official, images, tmp_path / "index", chunk_size=8)
+    assert [h.path for h in index.search(theirs, "a red star", top=3)] == \
+        [h.path for h in build_index(ours, pretrain_ckpt, images, tmp_path / "ours", chunk_size=8)
+         .search(ours, "a red star", top=3)]
+    scores = zero_shot_scores(theirs, image_files(images), labelled_images(images).classes, TEMPLATES)
+    torch.testing.assert_close(scores, zero_shot_scores(ours, image_files(images), labelled_images(images).classes,
+                                                        TEMPLATES), atol=1e-6, rtol=0)
