@@ -60,25 +60,8 @@ def load_albef(
     """Import ``source`` (any ALBEF layout or this project's) into ``module`` strictly; returns the report."""
     state, report = import_albef(source, module, fresh_ok=fresh_ok, keep=keep)
     module.load_state_dict(state, strict=True)
-    log.info("loaded %s: %s", report.source, report.summary())
-    for what, keys in (("fresh", {report.name(k): r for k, r in report.fresh.items()}), ("dropped", report.dropped)):
-        for reason, names in by_reason(keys).items():
-            log.info("  %s (%d): %s: %s", what, len(names), reason, abbreviate(names))
+    log.info("%s", report.format())
     return report
-
-
-def by_reason(reasons: Mapping[str, str]) -> dict[str, list[str]]:
-    """``{key: reason}`` regrouped as ``{reason: [keys]}``, in first-seen order."""
-    grouped: dict[str, list[str]] = {}
-    for key, reason in reasons.items():
-        grouped.setdefault(reason, []).append(key)
-    return grouped
-
-
-def abbreviate(names: list[str], shown: int = 4) -> str:
-    """The first ``shown`` names and how many more."""
-    head = ", ".join(names[:shown])
-    return head if len(names) <= shown else f"{head} and {len(names) - shown} more"
 
 
 def load_weights(
