@@ -50,6 +50,9 @@ def test_zero_shot_scores_and_itm_reranking(model, classify_dir) -> None:
     scores = zero_shot_scores(model, feats, test.classes, TEMPLATES)
     torch.testing.assert_close(scores, feats @ class_embeddings(model, test.classes, TEMPLATES).T)
     reranked = zero_shot_scores(model, test.paths[:2], test.classes, TEMPLATES, rerank_k=3)
+    # embeddings computed once by the caller give the same scores (classify passes them)
+    torch.testing.assert_close(zero_shot_scores(model, test.paths[:2], test.classes, TEMPLATES, rerank_k=3,
+                                                image_feats=feats[:2]), reranked, atol=1e-6, rtol=0)
     for row in range(2):
         top3 = scores[row].topk(3).indices.tolist()
         itm = [model.match(test.paths[row], [t.format(test.classes[c]) for t in TEMPLATES]).mean().item() for c in top3]

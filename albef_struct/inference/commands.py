@@ -45,7 +45,7 @@ def classify_main(argv: Sequence[str]) -> int:
     model = _load(args)
     test = labelled_images(args.images, args.image_root, args.classes)
     feats = model.encode_image(test.paths)
-    scores = zero_shot_scores(model, test.paths if args.rerank_k else feats, test.classes, args.templates, args.rerank_k)
+    scores = zero_shot_scores(model, test.paths, test.classes, args.templates, args.rerank_k, image_feats=feats)
     result = {"checkpoint": str(args.ckpt), "images": str(args.images), "classes": test.classes,
               "templates": args.templates, "rerank_k": args.rerank_k, "count": len(test.paths),
               "chance_top1": 100.0 / len(test.classes), "zero_shot": topk_accuracy(scores, test.labels)}

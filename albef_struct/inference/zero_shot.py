@@ -32,11 +32,14 @@ def class_embeddings(model: InferenceModel, classes: Sequence[str], templates: S
 
 
 def zero_shot_scores(model: InferenceModel, images: Images | torch.Tensor, classes: Sequence[str],
-                     templates: Sequence[str] = DEFAULT_TEMPLATES, rerank_k: int = 0) -> torch.Tensor:
-    """Class scores ``[N, C]`` (``images`` may be precomputed ITC embeddings ``[N, E]``): ITC cosine to each
-    class embedding; with ``rerank_k`` the top-k classes of each image are re-ordered by their mean ITM
-    probability over the prompts (they stay above the other classes)."""
-    image_feats = images if _embeddings(images) else model.encode_image(images)
+                     templates: Sequence[str] = DEFAULT_TEMPLATES, rerank_k: int = 0,
+                     image_feats: torch.Tensor | None = None) -> torch.Tensor:
+    """Class scores ``[N, C]`` (``images`` may be precomputed ITC embeddings ``[N, E]``, or pass them as
+    ``image_feats`` beside the images): ITC cosine to each class embedding; with ``rerank_k`` the top-k
+    classes of each image are re-ordered by their mean ITM probability over the prompts (they stay above
+    the other classes)."""
+    if image_feats is None:
+        image_feats = images if _embeddings(images) else model.encode_image(images)
     scores = image_feats @ class_embeddings(model, classes, templates).T
     if rerank_k <= 0:
         return scores
