@@ -164,3 +164,43 @@ def test_classify_index_and_search_take_an_official_layout_file(pretrain_ckpt, c
     scores = zero_shot_scores(theirs, image_files(images), labelled_images(images).classes, TEMPLATES)
     torch.testing.assert_close(scores, zero_shot_scores(ours, image_files(images), labelled_images(images).classes,
                                                         TEMPLATES), atol=1e-6, rtol=0)
+
+
+def test_commands_take_an_arch_override_for_official_files(pretrain_ckpt, classify_dir, tmp_path, capsys) -> None:
+    """``--arch`` changes only the keys it names (here the head counts, which shapes cannot tell): classify, index
+    and search on the official file then print what they print for the project checkpoint; without it they differ."""
+    from albef_struct.checkpoint.export import export_albef
+    from albef_struct.checkpoint.files import load_checkpoint_file
+
+    official = tmp_path / "ALBEF_tiny.pth"
+    torch.save({"model": export_albef(load_checkpoint_file(pretrain_ckpt)["state_dict"], "pretrain")}, official)
+    ours = inference.load(pretrain_ckpt).config
+    arch_file = tmp_path / "heads.yaml"
+    arch_file.write_text(f"vision: {{heads: {ours.vision.heads}}}\ntext: {{heads: {ours.text.heads}}}\n")
+    assert inference.load(official, arch={"vision": {"heads": ours.vision.heads},
+                                          "text": {"heads": ours.text.heads}}).config == ours
+    images = str(classify_dir / "colour" / "test")
+
+    def classify(ckpt, *extra):
+        out = tmp_path / f"classify_{len(list(tmp_path.glob('classify_*')))}.json"
+        assert main(["classify", "--ckpt", str(ckpt), "--images", images, "--templates", *TEMPLATES,
+                     "--out", str(out), *extra]) == 0
+        return [p["top"] for p in json.loads(out.read_text())["predictions"]]
+
+    def search(ckpt, name, *extra):
+        assert main(["index", "--ckpt", str(ckpt), "--images", images, "--out", str(tmp_path / name), *extra]) == 0
+        capsys.readouterr()
+        assert main(["search", "--index", str(tmp_path / name), "--query", "a red star", "--top", "4", "--json"]) == 0
+        return [(h["path"], round(h["score"], 5)) for h in json.loads(capsys.readouterr().out)["a red star"]]
+
+    assert classify(official, "--arch", str(arch_file)) == classify(pretrain_ckpt)
+    assert search(official, "theirs", "--arch", str(arch_file)) == search(pretrain_ckpt, "ours")
+    assert search(official, "guessed") != search(pretrain_ckpt, "ours2")  # one head per 64 channels: another model
+
+
+def test_arch_override_names_an_unknown_key(pretrain_ckpt) -> None:
+    from albef_struct.checkpoint.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"unknown vision key\(s\) \['head'\]"):
+        inference.load(pretrain_ckpt, arch={"vision": {"head": 4}})
+    assert inference.load(pretrain_ckpt, arch={"embed_dim": inference.load(pretrain_ckpt).config.embed_dim})

@@ -6,10 +6,14 @@ import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 
 from albef_struct.inference import load
+from albef_struct.inference.errors import InferenceInputError, MissingInputError
+from albef_struct.inference.model import InferenceModel
 from albef_struct.inference.image_sets import labelled_images
 from albef_struct.inference.search import SearchIndex, build_index
 from albef_struct.inference.zero_shot import DEFAULT_TEMPLATES, few_shot_accuracy, topk_accuracy, zero_shot_scores
@@ -20,10 +24,36 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true", help="weights and activations in bfloat16")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--arch", type=Path, metavar="ARCH.yaml",
+                        help="architecture keys to change from the file's (e.g. the attention heads of an official "
+                             "file, which shapes cannot tell): an arch YAML (configs/model/small_arch.yaml) or a task "
+                             "config's model.init_args.arch")
+    parser.add_argument("--tokenizer", help="vocabulary directory (default: the run's, else bert-base-uncased)")
 
 
-def _load(args: argparse.Namespace):
-    return load(args.ckpt, device=args.device, dtype=torch.bfloat16 if args.bf16 else None, batch_size=args.batch_size)
+def read_arch_file(path: Path) -> dict[str, Any]:
+    """The arch mapping of ``path``: a bare arch YAML, or a task config's ``model.init_args.arch`` (which
+    may itself name an arch YAML relative to the config)."""
+    if not path.is_file():
+        raise MissingInputError(f"--arch {path}: no such file")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise InferenceInputError(f"--arch {path}: not YAML ({err})") from err
+    if isinstance(values, dict) and "model" in values:
+        values = ((values.get("model") or {}).get("init_args") or {}).get("arch")
+        if isinstance(values, str):
+            return read_arch_file(path.parent / values)
+    if not isinstance(values, dict):
+        raise InferenceInputError(f"--arch {path}: expected a mapping of arch keys (vision, text, embed_dim, ...) "
+                                  "or a task config with model.init_args.arch")
+    return values
+
+
+def _load(args: argparse.Namespace) -> InferenceModel:
+    return load(args.ckpt, device=args.device, dtype=torch.bfloat16 if args.bf16 else None,
+                arch=read_arch_file(args.arch) if args.arch else None, tokenizer=args.tokenizer,
+                batch_size=args.batch_size)
 
 
 def classify_main(argv: Sequence[str]) -> int:
@@ -75,7 +105,9 @@ def index_main(argv: Sequence[str]) -> int:
     parser.add_argument("--out", required=True, type=Path, help="the index folder (created; resumed if it exists)")
     parser.add_argument("--chunk-size", type=int, default=1024, help="images per saved chunk")
     args = parser.parse_args(list(argv))
-    index = build_index(_load(args), args.ckpt, args.images, args.out, args.chunk_size, progress=print)
+    loading = {"arch": str(args.arch.resolve()) if args.arch else None, "tokenizer": args.tokenizer}
+    index = build_index(_load(args), args.ckpt, args.images, args.out, args.chunk_size, progress=print,
+                        loading=loading)
     print(f"{len(index)} images indexed in {args.out}")
     return 0
 
@@ -91,7 +123,9 @@ def search_main(argv: Sequence[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(list(argv))
     index = SearchIndex.open(args.index)
-    model = load(index.checkpoint, device=args.device)
+    arch = index.loading.get("arch")
+    model = load(index.checkpoint, device=args.device, arch=read_arch_file(Path(arch)) if arch else None,
+                 tokenizer=index.loading.get("tokenizer"))
     results = {query: index.search(model, query, args.top, args.rerank_k) for query in args.query}
     if args.json:
         print(json.dumps({q: [h._asdict() for h in hits] for q, hits in results.items()}, indent=2))

@@ -25,7 +25,6 @@ from albef_struct.tasks.vqa_answers import ANSWER_LIST_KEY
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class LoadedCheckpoint:
     """The model a file holds, what kind of model it is, and what the file says about its inputs."""
@@ -68,7 +67,10 @@ def read_checkpoint(path: str | Path, arch: ALBEFConfig | Mapping[str, Any] | No
     """Load ``path`` into the :class:`ALBEF` it holds (weights exactly as stored, momentum copies dropped).
 
     ``arch`` overrides the architecture: needed for official files whose attention
-    head counts differ from ``width / 64`` (head counts cannot be read from shapes).
+    head counts differ from ``width / 64`` (head counts cannot be read from shapes). An
+    :class:`ALBEFConfig` replaces the file's architecture whole; a mapping changes only the keys
+    it names (nested: ``{"vision": {"heads": 12}}``), the rest (the heads above all) still comes
+    from the file.
     """
     path = Path(path)
     payload: Mapping[str, Any] = {}
@@ -77,12 +79,15 @@ def read_checkpoint(path: str | Path, arch: ALBEFConfig | Mapping[str, Any] | No
     else:
         payload = load_checkpoint_file(path)
         source = source_from_payload(payload, str(path))
-    if arch is not None:
-        config = ALBEFConfig.from_dict(arch)
-    elif source.arch is not None:
-        config = ALBEFConfig.from_dict(source.arch)
+    if isinstance(arch, ALBEFConfig):
+        config = arch
     else:
-        config = replace(infer_arch(source), **heads_in_file(source.state, source))
+        if source.arch is not None:
+            config = ALBEFConfig.from_dict(source.arch)
+        else:
+            config = replace(infer_arch(source), **heads_in_file(source.state, source))
+        if arch is not None:
+            config = override_arch(config, arch, str(path))
     config = config.without_weight_sources()
     check_fits(source.layout, config, source.name)
     holder = nn.Module()
@@ -98,3 +103,21 @@ def read_checkpoint(path: str | Path, arch: ALBEFConfig | Mapping[str, Any] | No
     )
     log.info("loaded %s (%s model): %s", path, loaded.kind, report.summary())
     return loaded
+
+
+def override_arch(config: ALBEFConfig, changes: Mapping[str, Any], name: str) -> ALBEFConfig:
+    """``config`` with the keys ``changes`` names replaced (one level deep into ``vision`` and ``text``)."""
+    merged = config.to_dict()
+    for key, value in changes.items():
+        if key in ("vision", "text") and isinstance(value, Mapping):
+            unknown = sorted(set(value) - set(merged[key]))
+            if unknown:
+                raise CheckpointError(f"arch override for {name}: unknown {key} key(s) {unknown}; "
+                                      f"valid: {sorted(merged[key])}")
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    try:
+        return ALBEFConfig.from_dict(merged)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"arch override for {name}: {err}") from err

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -31,8 +31,10 @@ class Hit(NamedTuple):
 class SearchIndex:
     """The embeddings of an index folder and the checkpoint that made them."""
 
-    def __init__(self, folder: Path, checkpoint: str, paths: list[str], feats: torch.Tensor) -> None:
+    def __init__(self, folder: Path, checkpoint: str, paths: list[str], feats: torch.Tensor,
+                 loading: dict[str, Any] | None = None) -> None:
         self.folder, self.checkpoint, self.paths, self.feats = folder, checkpoint, paths, feats
+        self.loading = loading or {}  # how the checkpoint was loaded (arch override, tokenizer)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -49,7 +51,7 @@ class SearchIndex:
             raise MissingInputError(f"{folder}: chunk(s) {missing[:5]} of {chunks} are missing; rerun "
                                     "`albef-struct index` with the same arguments to finish it")
         feats = torch.cat([torch.load(_chunk_path(folder, i), weights_only=True) for i in range(chunks)])
-        return cls(folder, manifest["checkpoint"], manifest["images"], feats)
+        return cls(folder, manifest["checkpoint"], manifest["images"], feats, manifest.get("loading"))
 
     def search(self, model: InferenceModel, query: str, top: int = 5, rerank_k: int = 0) -> list[Hit]:
         """The ``top`` images by ITC cosine; with ``rerank_k``, the best ``rerank_k`` re-ordered by ITM."""
@@ -64,15 +66,17 @@ class SearchIndex:
 
 
 def build_index(model: InferenceModel, checkpoint: str | Path, images: str | Path, out: str | Path,
-                chunk_size: int = 1024, progress: Callable[[str], None] | None = None) -> SearchIndex:
+                chunk_size: int = 1024, progress: Callable[[str], None] | None = None,
+                loading: dict[str, Any] | None = None) -> SearchIndex:
     """Embed every image under ``images`` into ``out``; chunks already written are kept (resume), so an
-    interrupted run continues. An existing index of another checkpoint or image list is refused."""
+    interrupted run continues. An existing index of another checkpoint or image list is refused.
+    ``loading`` records how ``model`` was loaded (``arch``: an arch file, ``tokenizer``), for search."""
     out = Path(out)
     paths = [str(p) for p in image_files(images)]
     manifest = {"checkpoint": str(Path(checkpoint).resolve()), "images_root": str(Path(images).resolve()),
-                "chunk_size": chunk_size, "images": paths}
+                "chunk_size": chunk_size, "images": paths, "loading": loading or {}}
     existing = _read_manifest(out)
-    if existing is not None and existing != manifest:
+    if existing is not None and {"loading": {}, **existing} != manifest:  # indexes written before "loading" existed
         raise InferenceInputError(f"{out} holds an index of another checkpoint, image list or chunk size; pass a new --out "
                          "(or delete the folder to rebuild it)")
     out.mkdir(parents=True, exist_ok=True)
