@@ -89,3 +89,22 @@ def test_nlvr_pairs_come_from_layer_j_over_two_with_several_fusion_layers():
         for j in range(4):
             for name in ("attention.self.query.weight", "crossattention.self.key.weight"):
                 assert torch.equal(state[f"{owner}fusion_encoder.layer.{j}.{name}"], source[f"{owner}fusion_encoder.layer.{j // 2}.{name}"])
+
+
+def test_a_feature_separation_pretraining_fine_tunes_into_every_task(tmp_path):
+    """The private heads of a feature-separation pretraining are dropped with their reason, not refused."""
+    from albef_struct.checkpoint.weights import TaskWeights
+    from albef_struct.lit.checkpoints import save_lightning_checkpoint
+    from albef_struct.tasks.nlvr import TextAssignmentModule
+    from albef_struct.tasks.retrieval import RetrievalModule
+    from albef_struct.tasks.ve import VEModule
+
+    path = tmp_path / "fs_pretrain.ckpt"
+    save_lightning_checkpoint(TaskWeights.for_task("pretrain", tiny_config(private_heads=True), queue_size=16),
+                              "pretrain", path)
+    for module_class in (VEModule, TextAssignmentModule):
+        report = module_class(arch=tiny_config(), init_from=str(path)).init_report
+        private = {k: why for k, why in report.dropped.items() if "private_proj" in k}
+        assert private and set(private.values()) == {"this model has no private (feature-separation) heads"}
+    kept = RetrievalModule(arch=tiny_config(private_heads=True), init_from=str(path), queue_size=16).init_report
+    assert "model.vision_private_proj.weight" in kept.loaded

@@ -22,7 +22,8 @@ _UNUSED_REASONS = (
     ("ta_head.", "the text-assignment head is only used in NLVR2's text-assignment pretraining"),
     ("cls_head.", "the classifier head belongs to another task"),
     ("answer_decoder.", "this task has no answer decoder"),
-    ("private_", "this model has no private (feature-separation) heads"),
+    ("vision_private_proj.", "this model has no private (feature-separation) heads"),
+    ("text_private_proj.", "this model has no private (feature-separation) heads"),
     ("structure.", "this task uses no latent-structure losses"),
     ("contrastive.", "this task keeps no contrastive-loss state"),
 )
