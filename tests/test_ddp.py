@@ -16,9 +16,6 @@ identical on every rank because every rank applies the same gathered update.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 from dataclasses import replace
 from datetime import timedelta
@@ -31,10 +28,10 @@ from torch.utils.data import DataLoader, Dataset
 from albef_struct.lit.pretrain import PretrainModule
 from albef_struct.lit.schedule import OptimConfig
 from tests.conftest import tiny_config
+from tests.ddp_launch import launch
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 WORLD, PER_RANK = 2, 4
 NUM_SAMPLES = 32  # size of the decomposable loss's per-sample state
 EVAL_IMAGES, CAPTIONS_PER_IMAGE = 7, 3  # 7 images: the distributed sampler pads rank 1
@@ -225,41 +222,13 @@ def worker(rank: int, out: Path) -> None:
 
 
 # --- the test ------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(out: Path) -> list[subprocess.CompletedProcess]:
-    """Start both ranks; kill them if they outlive the timeout."""
-    port = str(free_port())
-    procs = []
-    for rank in range(WORLD):
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": "0", "LOCAL_RANK": str(rank),
-               "WORLD_SIZE": str(WORLD), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-        env.pop("PYTEST_XDIST_WORKER", None)
-        procs.append(subprocess.Popen([sys.executable, "-m", "tests.test_ddp", str(rank), str(out)], cwd=REPO, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    results = []
-    for proc in procs:
-        try:
-            stdout, _ = proc.communicate(timeout=WORKER_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            pytest.fail(f"DDP worker timed out after {WORKER_TIMEOUT_S} s")
-        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout))
-    return results
-
-
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
     for case in CASES:
         torch.save(initial_state(case), out / f"init_{case}.pt")
     torch.save(build_frozen_nlvr().state_dict(), out / "init_nlvr_frozen.pt")
-    for rank, result in enumerate(launch(out)):
+    for rank, result in enumerate(launch("tests.test_ddp", out, WORLD, WORKER_TIMEOUT_S)):
         assert result.returncode == 0, f"DDP worker failed:\n{result.stdout[-4000:]}"
         assert f"MEMBER: {rank + 1}/{WORLD}" in result.stdout  # Lightning ran it as rank {rank} of 2
     return out

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .bad_records import BadRecordError
 
-__all__ = ["resolve_image_path", "load_image", "to_rgb"]
+__all__ = ["decode_image_bytes", "resolve_image_path", "load_image", "to_rgb"]
 
 
 def resolve_image_path(
@@ -71,14 +73,35 @@ def load_image(path: str | os.PathLike, *, source: str, record_index: int, field
     if size == 0:
         raise bad("unreadable image", "an empty (0-byte) file", f"Re-download or re-extract the image; {fix}.")
     try:
-        with Image.open(path) as img:
-            img.load()
-            return to_rgb(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        return _decode(path)
+    except _DECODE_ERRORS as err:
         raise bad(
             "unreadable image", f"a file PIL cannot decode ({type(err).__name__}: {err})",
             f"The file is corrupt or not an image; re-download it, or {fix}.",
         ) from None
+
+
+def decode_image_bytes(data: bytes, *, source: str, record_index: int, path: str) -> Image.Image:
+    """An image stored as bytes (e.g. in a tar shard) as RGB; ``BadRecordError`` naming ``source`` (the shard),
+    the record and the original ``path`` when it cannot be decoded."""
+    try:
+        return _decode(io.BytesIO(data))
+    except _DECODE_ERRORS as err:
+        raise BadRecordError(
+            source=source, row=record_index, field="image", reason="unreadable image", path=path,
+            found=f"bytes PIL cannot decode ({type(err).__name__}: {err})", expected="a readable image",
+            hint="Rewrite the shards from intact images (albef_struct.data_prep.make_shards), or set "
+                 "skip_bad_records=True to skip (and count) such samples.",
+        ) from None
+
+
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def _decode(file: Any) -> Image.Image:
+    with Image.open(file) as img:
+        img.load()
+        return to_rgb(img)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

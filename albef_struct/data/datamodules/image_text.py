@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from torch.utils.data import DataLoader
 
 from ..collate import ImageTextCollate, RetrievalImageCollate, RetrievalTextCollate
 from ..datasets import PretrainDataset, RetrievalEvalDataset, RetrievalTrainDataset
+from ..shards import ShardLoader, ShardStream
 from ..text_augment import WordDropSwap
 from ..transforms import pretrain_transform
 from .base import PRETRAIN_CROP_SCALE, ALBEFDataModule
@@ -45,7 +47,46 @@ class _RetrievalEvalMixin:
         return self._eval_loaders("test")
 
 
-class PretrainDataModule(_RetrievalEvalMixin, ALBEFDataModule):
+TRAIN_FORMATS = ("json", "shards")
+
+
+class _TrainFormatMixin:
+    """The training set as JSON records (map-style, resumable sampler) or as streamed tar shards."""
+
+    format: str
+    shuffle_buffer: int
+
+    def _check_format(self, format: str, shuffle_buffer: int) -> None:
+        if format not in TRAIN_FORMATS:
+            raise ValueError(f"data.init_args.format must be one of {TRAIN_FORMATS}, got {format!r}")
+        if format == "shards" and self.image_cache is not None:
+            raise ValueError("data.init_args.image_cache is keyed by image files, which shards do not have: "
+                             "use format: json with the image cache, or drop image_cache")
+        if shuffle_buffer < 0:
+            raise ValueError(f"data.init_args.shuffle_buffer must be >= 0, got {shuffle_buffer}")
+        self.format, self.shuffle_buffer = format, shuffle_buffer
+
+    def _shard_stream(self, folders: str | Sequence[str], text_augment: Any = None) -> ShardStream:
+        stream = ShardStream([folders] if isinstance(folders, str) else list(folders), self.train_image_transform(),
+                             self.batch_size, self.num_workers, self.max_words, self.seed, self.shuffle_buffer,
+                             self.skip_bad_records, text_augment)
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            stream.configure(trainer.global_rank, trainer.world_size)
+        return stream
+
+    def _training_loader(self, dataset: Any, collate: Any) -> DataLoader:
+        if not isinstance(dataset, ShardStream):
+            return self._train_loader(dataset, collate)
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            dataset.configure(trainer.global_rank, trainer.world_size)
+        options = {k: v for k, v in self._worker_options().items() if k != "num_workers"}
+        return ShardLoader(dataset, collate, epoch_of=(lambda: trainer.current_epoch) if trainer is not None else None,
+                           **options)
+
+
+class PretrainDataModule(_TrainFormatMixin, _RetrievalEvalMixin, ALBEFDataModule):
     """Image–caption pretraining, with optional zero-shot retrieval val/test sets.
 
     Batches: see ``ImageTextCollate`` (train) and ``RetrievalImageCollate`` /
@@ -60,6 +101,9 @@ class PretrainDataModule(_RetrievalEvalMixin, ALBEFDataModule):
         second_view: also yield a second augmented view of every pair (``image_aug``,
             ``input_ids_aug``, ``attention_mask_aug``) for the latent-structure losses.
         text_delete_prob, text_swaps: the second view's EDA-style word deletion / swaps.
+        format: ``json`` (``train_files`` are JSON files) or ``shards`` (``train_files`` are folders written by
+            ``python -m albef_struct.data_prep.make_shards``, streamed: see :mod:`albef_struct.data.shards`).
+        shuffle_buffer: samples in each shard stream's shuffle buffer (``format: shards``).
         **kwargs: the ``ALBEFDataModule`` arguments.
     """
 
@@ -75,9 +119,12 @@ class PretrainDataModule(_RetrievalEvalMixin, ALBEFDataModule):
         second_view: bool = False,
         text_delete_prob: float = 0.1,
         text_swaps: int = 1,
+        format: Literal["json", "shards"] = "json",
+        shuffle_buffer: int = 1000,
         **kwargs: Any,
     ) -> None:
         super().__init__(image_res=image_res, **kwargs)
+        self._check_format(format, shuffle_buffer)
         self.train_files = [train_files] if isinstance(train_files, str) else list(train_files)
         self.val_file, self.test_file = val_file, test_file
         self.text_augment = WordDropSwap(text_delete_prob, text_swaps) if second_view else None
@@ -91,7 +138,9 @@ class PretrainDataModule(_RetrievalEvalMixin, ALBEFDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         splits = self._stages(stage)
-        if "train" in splits:
+        if "train" in splits and self.format == "shards":
+            self._build("train", lambda: self._shard_stream(self.train_files, self.text_augment))
+        elif "train" in splits:
             self._build("train", lambda: PretrainDataset(
                 self.train_files, self.image_root, self.train_image_transform(), self.max_words,
                 seed=self.seed, text_augment=self.text_augment, **self.dataset_options()))
@@ -101,14 +150,14 @@ class PretrainDataModule(_RetrievalEvalMixin, ALBEFDataModule):
             self._setup_eval("test", self.test_file)
 
     @property
-    def train_dataset(self) -> PretrainDataset:
+    def train_dataset(self) -> PretrainDataset | ShardStream:
         return self._require("train", "fit")
 
     def train_dataloader(self) -> DataLoader:
-        return self._train_loader(self.train_dataset, ImageTextCollate(self.tokenizer, self.max_tokens, truncation=True))
+        return self._training_loader(self.train_dataset, ImageTextCollate(self.tokenizer, self.max_tokens, truncation=True))
 
 
-class RetrievalDataModule(_RetrievalEvalMixin, ALBEFDataModule):
+class RetrievalDataModule(_TrainFormatMixin, _RetrievalEvalMixin, ALBEFDataModule):
     """Image–text retrieval fine-tuning (COCO / Flickr30k format).
 
     Batches: see ``ImageTextCollate`` (train; ``image_idx`` numbers ``image_id``) and, for
@@ -120,6 +169,9 @@ class RetrievalDataModule(_RetrievalEvalMixin, ALBEFDataModule):
         val_file: retrieval-eval JSON (``{image, caption: [str, ...]}``).
         test_file: retrieval-eval JSON.
         image_res: image size (ALBEF: 384).
+        format: ``json`` or ``shards`` (``train_file`` is then shard folder(s) written with ``--schema
+            retrieval_train``), as for :class:`PretrainDataModule`.
+        shuffle_buffer: samples in each shard stream's shuffle buffer (``format: shards``).
         **kwargs: the ``ALBEFDataModule`` arguments.
     """
 
@@ -129,15 +181,20 @@ class RetrievalDataModule(_RetrievalEvalMixin, ALBEFDataModule):
         val_file: str | None = None,
         test_file: str | None = None,
         image_res: int = 384,
+        format: Literal["json", "shards"] = "json",
+        shuffle_buffer: int = 1000,
         **kwargs: Any,
     ) -> None:
         super().__init__(image_res=image_res, **kwargs)
+        self._check_format(format, shuffle_buffer)
         self.train_file, self.val_file, self.test_file = train_file, val_file, test_file
         self.eval_sets = {}
 
     def setup(self, stage: str | None = None) -> None:
         splits = self._stages(stage)
-        if "train" in splits and self.train_file is not None:
+        if "train" in splits and self.train_file is not None and self.format == "shards":
+            self._build("train", lambda: self._shard_stream(self.train_file))
+        elif "train" in splits and self.train_file is not None:
             self._build("train", lambda: RetrievalTrainDataset(
                 self.train_file, self.image_root, self.train_image_transform(), self.max_words,
                 **self.dataset_options()))
@@ -147,9 +204,9 @@ class RetrievalDataModule(_RetrievalEvalMixin, ALBEFDataModule):
             self._setup_eval("test", self.test_file)
 
     @property
-    def train_dataset(self) -> RetrievalTrainDataset:
+    def train_dataset(self) -> RetrievalTrainDataset | ShardStream:
         return self._require("train", "fit")
 
     def train_dataloader(self) -> DataLoader:
         # ALBEF passes max_length=30 without truncation=True, so training captions are not truncated.
-        return self._train_loader(self.train_dataset, ImageTextCollate(self.tokenizer, self.max_tokens, truncation=True))
+        return self._training_loader(self.train_dataset, ImageTextCollate(self.tokenizer, self.max_tokens, truncation=True))

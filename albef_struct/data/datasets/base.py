@@ -14,7 +14,7 @@ from ..bad_records import BadRecordError, SkipReport
 from ..images import load_image
 from ..records import Record, load_records
 
-__all__ = ["PathLike", "RecordImageDataset", "Transform"]
+__all__ = ["PathLike", "RecordImageDataset", "Transform", "seeded_transform"]
 
 Transform = Callable[[Any], torch.Tensor]
 PathLike = str | os.PathLike
@@ -27,6 +27,15 @@ def _as_list(files: PathLike | Sequence[PathLike]) -> list[PathLike]:
     if not files:
         raise ValueError("No annotation files given: pass at least one JSON path.")
     return files
+
+
+def seeded_transform(transform: Transform, image: Any, key: Sequence[int]) -> torch.Tensor:
+    """``transform(image)`` with the torch random draws seeded by ``key`` (e.g. seed, epoch, index, view),
+    leaving the global generator as it was: a sample is augmented the same way wherever it is loaded."""
+    seed = int(np.random.SeedSequence([int(k) for k in key]).generate_state(1)[0])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return transform(image)
 
 
 class RecordImageDataset(Dataset):
@@ -106,10 +115,7 @@ class RecordImageDataset(Dataset):
 
     def transformed(self, image: Any, index: int, view: int = 0) -> torch.Tensor:
         """``transform(image)`` with the torch random draws seeded by (seed, epoch, index, view)."""
-        seed = int(np.random.SeedSequence([self.seed, self.epoch, index, view]).generate_state(1)[0])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.transform(image)
+        return seeded_transform(self.transform, image, (self.seed, self.epoch, index, view))
 
     def item(self, index: int) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -12,7 +12,8 @@ from ..text import pre_caption
 from ..text_augment import WordDropSwap
 from .base import PathLike, RecordImageDataset, Transform
 
-__all__ = ["PretrainDataset", "RetrievalEvalDataset", "RetrievalTextDataset", "RetrievalTrainDataset"]
+__all__ = ["PretrainDataset", "RetrievalEvalDataset", "RetrievalTextDataset", "RetrievalTrainDataset", "choose_caption",
+           "second_view"]
 
 
 def _contiguous_ids(keys: Sequence[Any]) -> list[int]:
@@ -22,6 +23,24 @@ def _contiguous_ids(keys: Sequence[Any]) -> list[int]:
 
 
 AUG_VIEW = 1000  # the seed salt of a second augmented view of the same image
+
+
+def choose_caption(caption: str | Sequence[str], seed: int, epoch: int, index: int) -> str:
+    """The caption a record uses in ``epoch``: itself, or one of its list drawn from (seed, epoch, index),
+    the same in every worker layout and storage format."""
+    if isinstance(caption, str):
+        return caption
+    state = np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0]
+    return caption[int(state) % len(caption)]
+
+
+def second_view(image: Any, text: str, transformed: Any, text_augment: WordDropSwap, key: tuple[int, int, int],
+                index: int) -> dict[str, Any]:
+    """The pair twice, for the latent-structure losses: ``image`` and ``image_aug`` (the image transformed again,
+    ``transformed(image, index, view)``) and ``text_aug`` (the caption EDA-augmented, seeded by ``key``)."""
+    rng = np.random.default_rng([*key, 1])
+    return {"image": transformed(image, index, 0), "image_aug": transformed(image, index, AUG_VIEW),
+            "text_aug": text_augment(text, rng)}
 
 
 class PretrainDataset(RecordImageDataset):
@@ -65,12 +84,7 @@ class PretrainDataset(RecordImageDataset):
 
     def caption(self, index: int, epoch: int | None = None) -> str:
         """The raw caption ``index`` uses in ``epoch`` (default: the current epoch)."""
-        caption = self.records[index]["caption"]
-        if isinstance(caption, str):
-            return caption
-        epoch = self.epoch if epoch is None else epoch
-        state = np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0]
-        return caption[int(state) % len(caption)]
+        return choose_caption(self.records[index]["caption"], self.seed, self.epoch if epoch is None else epoch, index)
 
     def item(self, index: int) -> dict[str, Any]:
         text = pre_caption(self.caption(index), self.max_words)
@@ -78,11 +92,8 @@ class PretrainDataset(RecordImageDataset):
         if self.text_augment is None:
             out["image"] = self.load(index)
             return out
-        # second augmented view: the same image transformed again, the caption EDA-augmented
-        image = self.load_raw(index)
-        out["image"], out["image_aug"] = self.transformed(image, index, 0), self.transformed(image, index, AUG_VIEW)
-        rng = np.random.default_rng([self.seed, self.epoch, index, 1])
-        out["text_aug"] = self.text_augment(text, rng)
+        out.update(second_view(self.load_raw(index), text, self.transformed, self.text_augment,
+                               (self.seed, self.epoch, index), index))
         return out
 
 
