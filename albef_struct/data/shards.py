@@ -124,7 +124,8 @@ def write_shards(files: Sequence[str | Path], out: str | Path, image_root: str |
                     raise bad from None
                 report.add(bad)
                 continue
-            meta = {"caption": rec["caption"], "index": index, "image_idx": image_idx[index], "image": rec["image"]}
+            meta = {"caption": rec["caption"], "index": index, "image_idx": int(image_idx[index]),
+                    "image": rec["image"]}
             sink.write({"__key__": f"{index:09d}", path.suffix.lstrip(".").lower() or "img": data,
                         "json": json.dumps(meta).encode()})
             name = Path(sink.fname).name

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,10 +16,10 @@ __all__ = ["PretrainDataset", "RetrievalEvalDataset", "RetrievalTextDataset", "R
            "second_view"]
 
 
-def _contiguous_ids(keys: Sequence[Any]) -> list[int]:
-    """Map each key to the order of its first appearance (0, 1, ...)."""
+def _contiguous_ids(keys: Iterable[Any]) -> np.ndarray:
+    """Map each key to the order of its first appearance (0, 1, ...), as an int64 array."""
     ids: dict[Any, int] = {}
-    return [ids.setdefault(k, len(ids)) for k in keys]
+    return np.fromiter((ids.setdefault(k, len(ids)) for k in keys), dtype=np.int64)
 
 
 AUG_VIEW = 1000  # the seed salt of a second augmented view of the same image
@@ -80,7 +80,7 @@ class PretrainDataset(RecordImageDataset):
         self.max_words = max_words
         self.text_augment = text_augment
         self.seed = int(seed) % 2**32  # SeedSequence needs a non-negative seed
-        self.image_idx = _contiguous_ids([rec.image_paths[0] for rec in self.records])
+        self.image_idx = _contiguous_ids(rec.image_paths[0] for rec in self.records)
 
     def caption(self, index: int, epoch: int | None = None) -> str:
         """The raw caption ``index`` uses in ``epoch`` (default: the current epoch)."""
@@ -88,7 +88,7 @@ class PretrainDataset(RecordImageDataset):
 
     def item(self, index: int) -> dict[str, Any]:
         text = pre_caption(self.caption(index), self.max_words)
-        out = {"text": text, "index": index, "image_idx": self.image_idx[index]}
+        out = {"text": text, "index": index, "image_idx": int(self.image_idx[index])}
         if self.text_augment is None:
             out["image"] = self.load(index)
             return out
@@ -123,14 +123,14 @@ class RetrievalTrainDataset(RecordImageDataset):
         super().__init__(files, image_root, transform, skip_bad_records=skip_bad_records,
                          check_images_exist=check_images_exist)
         self.max_words = max_words
-        self.image_idx = _contiguous_ids([rec["image_id"] for rec in self.records])
+        self.image_idx = _contiguous_ids(rec["image_id"] for rec in self.records)
 
     def item(self, index: int) -> dict[str, Any]:
         return {
             "image": self.load(index),
             "text": pre_caption(self.records[index]["caption"], self.max_words),
             "index": index,
-            "image_idx": self.image_idx[index],
+            "image_idx": int(self.image_idx[index]),
         }
 
 
