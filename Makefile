@@ -25,7 +25,7 @@ DINOV2 := .cache/pretrained/vit_small_patch14_dinov2.safetensors
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-full demo-tasks test test-fast bench clean
+.PHONY: install demo demo-full demo-tasks test test-fast bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -126,6 +126,11 @@ test-fast: $(STAMP) $(DINOV2)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
+
+# ALBEF-base bf16 pretraining samples/s, peak memory, MFU and re-ranking throughput on one CUDA GPU
+# (about 5 minutes; results/bench/bench_gpu.json). On a CPU: python -m benchmarks.gpu --device cpu --size tiny
+bench-gpu: $(STAMP)
+	$(PY) -m benchmarks.gpu --out results/bench
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

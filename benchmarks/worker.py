@@ -33,7 +33,7 @@ def run_step_row(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["workload"] == "pretrain":
         work = pretrain_workload(
             size, variant, contrastive=spec.get("contrastive", "infonce_queue"), objective=spec.get("objective", "full"),
-            queue_size=spec.get("queue_size", 65536),
+            queue_size=spec.get("queue_size", 65536), device=spec.get("device", "cpu"),
         )
     else:
         work = task_workload(spec["workload"], size, variant)
@@ -84,30 +84,40 @@ def run_rerank_row(spec: dict[str, Any]) -> dict[str, Any]:
     from albef_struct.models import ALBEF
     from benchmarks import measure
     from benchmarks.sizes import SIZES, text_batch
+    from benchmarks.workloads import autocast
 
     size = SIZES[spec["size"]]
+    device = spec.get("device", "cpu")
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
-    model = ALBEF(size.arch(attention=spec.get("attention", "sdpa"))).eval()
+    model = ALBEF(size.arch(attention=spec.get("attention", "sdpa"))).eval().to(device)
     n_img = spec["n_images"]
     n_txt = n_img * spec.get("texts_per_image", 1)
     tokens = 1 + (size.vision.img_size // size.vision.patch_size) ** 2
     texts = text_batch(n_txt, size.text_len, g)
     gallery = EncodedGallery(
-        image_embeds=torch.randn(n_img, tokens, size.vision.width, generator=g),
-        image_feats=F.normalize(torch.randn(n_img, 256, generator=g), dim=-1),
-        text_embeds=torch.randn(n_txt, size.text_len, size.text.hidden, generator=g),
-        text_masks=texts["attention_mask"],
-        text_feats=F.normalize(torch.randn(n_txt, 256, generator=g), dim=-1),
-        txt2img=torch.arange(n_txt) // spec.get("texts_per_image", 1),
+        image_embeds=torch.randn(n_img, tokens, size.vision.width, generator=g).to(device),
+        image_feats=F.normalize(torch.randn(n_img, 256, generator=g), dim=-1).to(device),
+        text_embeds=torch.randn(n_txt, size.text_len, size.text.hidden, generator=g).to(device),
+        text_masks=texts["attention_mask"].to(device),
+        text_feats=F.normalize(torch.randn(n_txt, 256, generator=g), dim=-1).to(device),
+        txt2img=(torch.arange(n_txt) // spec.get("texts_per_image", 1)).to(device),
     )
     k = spec["k_test"]
     start = time.perf_counter()
     sims = gallery.image_feats @ gallery.text_feats.T
     sims.topk(k, dim=1)
     sims.T.topk(k, dim=1)
+    sync()
     itc_s = time.perf_counter() - start
-    times = measure.time_steps(lambda: rerank(model, gallery, k, spec.get("batch_size", 128)), spec.get("repeats", 1))
+    precision = spec.get("precision", "fp32")
+
+    def rerank_all():
+        with autocast(precision):
+            return rerank(model, gallery, k, spec.get("batch_size", 128))
+
+    times = measure.time_steps(rerank_all, spec.get("repeats", 1), sync)
     pairs = (n_img + n_txt) * k
     return {
         **spec,

@@ -147,8 +147,9 @@ def pretrain_workload(
     objective: str = "full",
     queue_size: int = 65536,
     num_samples: int = 4_000_000,
+    device: str = "cpu",
 ) -> Workload:
-    """``PretrainModule.pretrain_losses`` + AdamW. ``objective``: ``full`` (ITC+ITM+MLM) or ``contrastive``."""
+    """``PretrainModule.pretrain_losses`` + AdamW on ``device``. ``objective``: ``full`` (ITC+ITM+MLM) or ``contrastive``."""
     from albef_struct.lit.pretrain import PretrainModule
 
     args: dict[str, Any] = {}
@@ -164,10 +165,12 @@ def pretrain_workload(
         itm_single_fusion_call=variant.single_itm,
         mlm_masked_positions_only=variant.masked_mlm,
     )
+    module.to(device)
     _finish(module, variant)
     data = pretrain_batch(size, batch)
     if contrastive == "decomposable":
         data["index"] = torch.randperm(num_samples, generator=torch.Generator().manual_seed(0))[: data["index"].shape[0]]
+    data = {k: v.to(device) for k, v in data.items()}
 
     def loss_fn() -> torch.Tensor:
         return module.pretrain_losses(data, ALPHA)["loss"]
