@@ -27,6 +27,7 @@ EXTRA_COMMANDS: dict[str, tuple[str, str, str]] = {
     "classify": ("albef_struct.inference.commands", "classify_main", "zero-shot (and k-shot probe) image classification"),
     "index": ("albef_struct.inference.commands", "index_main", "embed a folder of images for search"),
     "search": ("albef_struct.inference.commands", "search_main", "the indexed images that best match a text"),
+    "explain": ("albef_struct.inference.explain", "explain_main", "Grad-CAM of an image-text match, as a PNG"),
 }
 
 

@@ -41,11 +41,12 @@ class EpochShuffleSampler(Sampler[int]):
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
         gen = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**63)
-        order = torch.randperm(len(self.dataset), generator=gen).tolist()
+        # kept as an int64 array, read lazily: a list of a million Python ints would cost 36 MB
+        order = torch.randperm(len(self.dataset), generator=gen).numpy()
         if not self._epoch_was_set:
             self.epoch += 1
         self._epoch_was_set = False
-        return iter(order)
+        return map(int, order)
 
 
 class ResumableEpochSampler(EpochShuffleSampler):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import os
 from typing import Literal
 
@@ -109,6 +111,10 @@ class ALBEFTokenizer:
         if not texts:
             return []
         return self._tok(texts, add_special_tokens=False)["input_ids"]
+
+    def tokens(self, input_ids: Sequence[int]) -> list[str]:
+        """The WordPiece strings of ``input_ids`` (``[CLS]``, ``red``, ``##dish``, ...)."""
+        return list(self._tok.convert_ids_to_tokens([int(i) for i in input_ids]))
 
     def __call__(
         self,

@@ -21,10 +21,10 @@ import torch
 from albef_struct.data.tokenizer import ALBEFTokenizer
 from albef_struct.inference.errors import InferenceInputError
 from albef_struct.inference.loading import ANSWER_LIST_KEY, LoadedCheckpoint, read_checkpoint
-from albef_struct.inference.model import InferenceModel, Prediction, RankedAnswer
+from albef_struct.inference.model import Explanation, InferenceModel, Prediction, RankedAnswer
 from albef_struct.models import ALBEFConfig
 
-__all__ = ["ANSWER_LIST_KEY", "InferenceModel", "LoadedCheckpoint", "Prediction", "RankedAnswer", "load"]
+__all__ = ["ANSWER_LIST_KEY", "Explanation", "InferenceModel", "LoadedCheckpoint", "Prediction", "RankedAnswer", "load"]
 
 
 def load(

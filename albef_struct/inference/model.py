@@ -12,6 +12,7 @@ from albef_struct.data.collate import RETRIEVAL_EVAL_TOKENS
 from albef_struct.data.tokenizer import ALBEFTokenizer
 from albef_struct.data.transforms import test_transform
 from albef_struct.inference.inputs import Images, Texts, count_texts, image_batch, image_list, text_chunks
+from albef_struct.inference.gradcam import itm_gradcam
 from albef_struct.inference.loading import LoadedCheckpoint
 from albef_struct.models import ALBEF
 from albef_struct.tasks.passes import NLVR_CLASSES, VE_LABELS, nlvr_logits, ve_logits
@@ -28,6 +29,16 @@ class Prediction(NamedTuple):
 class RankedAnswer(NamedTuple):
     answer: str
     probability: float  # a softmax over the re-scored top-k candidates
+
+
+class Explanation(NamedTuple):
+    """Grad-CAM of one image-text match (see :mod:`albef_struct.inference.gradcam`)."""
+
+    tokens: list[str]  # the text's WordPieces, [CLS] first
+    token_maps: torch.Tensor  # [L, h, w] on the ViT's patch grid
+    text_map: torch.Tensor  # [h, w]: the mean of the tokens' maps
+    match_probability: float
+    layer: int  # the fusion layer whose cross-attention is explained
 
 
 class InferenceModel:
@@ -135,6 +146,16 @@ class InferenceModel:
                 logits = self.model.itm_logits(fused).float()
                 out.append((logits[:, 1] if logit else logits.softmax(dim=-1)[:, 1]).cpu())
         return torch.cat(out)
+
+    def explain(self, image: Images, text: str, layer: int | None = None) -> Explanation:
+        """Where the model looks for ``text`` in ``image``: Grad-CAM of the ITM match through the cross-attention
+        of fusion layer ``layer`` (default: ALBEF's, the third), for the whole text and for each token."""
+        self._needs("an image-text matching head", self.config.itm_head, "a pretraining or retrieval checkpoint")
+        (pixels,) = self._images(image_list(image)[:1])
+        (tokens,) = self._texts([text], "caption", RETRIEVAL_EVAL_TOKENS)
+        cam = itm_gradcam(self.model, pixels, tokens["input_ids"], tokens["attention_mask"], layer)
+        return Explanation(self.tokenizer.tokens(tokens["input_ids"][0].tolist()), cam.token_maps[0].float().cpu(),
+                           cam.text_map[0].float().cpu(), float(cam.itm_probability[0]), cam.layer)
 
     # --- SNLI-VE and NLVR2 ------------------------------------------------------------------------------
     def predict(self, images: Images | Sequence[tuple], texts: Texts) -> list[Prediction]:

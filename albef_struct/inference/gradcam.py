@@ -1,0 +1,101 @@
+"""Grad-CAM of the ITM score through one fusion layer's cross-attention: where the model looks for a text.
+
+ALBEF explains (and grounds) an image-text match this way: take the cross-attention
+probabilities ``A`` of fusion layer ``layer`` (text tokens attending image patches, per head)
+and the gradient ``dS/dA`` of the ITM match logit ``S``; the map of text token ``t`` is
+``mean over heads of A * max(dS/dA, 0)`` over the image patches (the image's [CLS] token
+dropped), on the ViT's patch grid. The whole text's map is the mean of its tokens' maps.
+ALBEF's default layer is ``block_num = 8`` of ALBEF-base, the third of its six fusion layers;
+here ``layer`` counts fusion layers from 0, so the default is 2 (or the last, for shallower
+fusion encoders).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from albef_struct.models import ALBEF
+
+__all__ = ["GradCAM", "default_layer", "itm_gradcam", "box_scores"]
+
+ALBEF_FUSION_LAYER = 2  # ALBEF's block_num 8 with fusion from layer 6
+
+
+@dataclass
+class GradCAM:
+    """Per-token and whole-text heat maps on the patch grid, and the logit they explain."""
+
+    token_maps: torch.Tensor  # [B, L, h, w]: zero at padded tokens
+    text_map: torch.Tensor  # [B, h, w]: mean over each text's unpadded tokens
+    itm_logit: torch.Tensor  # [B]: the ITM "match" logit
+    itm_probability: torch.Tensor  # [B]: the match probability (softmax over match / no match)
+    layer: int
+
+
+def default_layer(model: ALBEF) -> int:
+    return min(ALBEF_FUSION_LAYER, model.config.text.fusion_layers - 1)
+
+
+def itm_gradcam(model: ALBEF, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                layer: int | None = None) -> GradCAM:
+    """Grad-CAM maps of image ``i`` for text ``i`` (``images`` ``[B, 3, H, W]``, texts tokenised ``[B, L]``)."""
+    if not getattr(model.config, "itm_head", False):
+        raise ValueError("Grad-CAM explains the ITM score: this model has no ITM head (use a pretraining or "
+                         "retrieval checkpoint)")
+    if model.config.fusion_streams != 1:
+        raise ValueError("Grad-CAM is defined here for one image per text (not NLVR2's paired fusion layers)")
+    layer = default_layer(model) if layer is None else layer
+    if not 0 <= layer < model.config.text.fusion_layers:
+        raise ValueError(f"layer {layer} is not a fusion layer: this model has {model.config.text.fusion_layers} "
+                         f"(0 to {model.config.text.fusion_layers - 1})")
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep_probabilities(module, args, output) -> None:
+        captured["attention"] = output[1]
+
+    was_training = model.training
+    model.eval()
+    model.set_attention("eager")  # the fused kernels do not expose the probabilities
+    hook = model.fusion_encoder.layer[layer].crossattention.self.register_forward_hook(keep_probabilities)
+    try:
+        with torch.enable_grad():
+            image = model.encode_image(images)
+            text = model.encode_text(input_ids, attention_mask)
+            logits = model.itm_logits(model.fuse(text.embeds, attention_mask, image.embeds))
+            logit = logits[:, 1]
+            attention = captured["attention"]
+            (grad,) = torch.autograd.grad(logit.sum(), attention)
+    finally:
+        hook.remove()
+        model.set_attention(model.config.attention)
+        model.train(was_training)
+    prefix = getattr(model.visual_encoder, "num_prefix_tokens", 1)
+    cam = (attention[..., prefix:] * grad[..., prefix:].clamp_min(0)).mean(dim=1).detach()  # [B, L, patches]
+    side = math.isqrt(cam.shape[-1])
+    if side * side != cam.shape[-1]:
+        raise ValueError(f"{cam.shape[-1]} image patches do not form a square grid")
+    mask = attention_mask.to(cam.dtype)
+    token_maps = cam.reshape(*cam.shape[:2], side, side) * mask[:, :, None, None]
+    text_map = token_maps.sum(dim=1) / mask.sum(dim=1).clamp_min(1)[:, None, None]
+    probability = logits.detach().float().softmax(dim=-1)[:, 1]
+    return GradCAM(token_maps, text_map, logit.detach(), probability, layer)
+
+
+def box_scores(heatmap: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """How much of ``heatmap`` (``[h, w]`` on the patch grid) each box holds: the map is resized to the image
+    (``(width, height)``) and a box ``[x, y, w, h]`` in pixels scores its heat mass over the square root of its
+    area, so that neither a tiny box on the peak nor the whole image wins by size alone."""
+    width, height = image_size
+    full = F.interpolate(heatmap[None, None].float(), size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+    integral = F.pad(full.cumsum(0).cumsum(1), (1, 0, 1, 0))  # summed-area table
+    x0 = boxes[:, 0].round().long().clamp(0, width)
+    y0 = boxes[:, 1].round().long().clamp(0, height)
+    x1 = (boxes[:, 0] + boxes[:, 2]).round().long().clamp(0, width)
+    y1 = (boxes[:, 1] + boxes[:, 3]).round().long().clamp(0, height)
+    mass = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+    area = ((x1 - x0) * (y1 - y0)).clamp_min(1).float()
+    return mass / area.sqrt()
