@@ -340,5 +340,6 @@ def test_task_arch_sets_the_heads_each_task_needs():
     assert task_arch("vqa", arch).answer_decoder_layers == 6
     assert (task_arch("nlvr", arch).fusion_streams, task_arch("nlvr", arch).classifier_classes) == (2, 2)
     assert task_arch("ve", arch).classifier_classes == 3 and not task_arch("ve", arch).projections
+    assert task_arch("grounding", arch).itm_head and task_arch("grounding", arch).projections  # the retrieval model
     with pytest.raises(CheckpointError, match="unknown task"):
-        task_arch("grounding", arch)
+        task_arch("captioning", arch)

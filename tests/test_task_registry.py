@@ -14,7 +14,7 @@ from albef_struct.tasks.registry import TASKS, current_class_path, task_of, task
 from albef_struct.tasks.ve import VEModule
 from tests.conftest import REPO, tiny_config
 
-TASK_ORDER = ["pretrain", "retrieval", "ve", "vqa", "nlvr", "nlvr_pretrain"]
+TASK_ORDER = ["pretrain", "retrieval", "ve", "vqa", "nlvr", "nlvr_pretrain", "grounding"]
 
 
 def import_class(path: str) -> type:
@@ -31,7 +31,9 @@ def test_every_task_is_registered_once_by_its_module_in_order():
 
 @pytest.mark.parametrize("task", TASK_ORDER)
 def test_task_of_finds_the_task_from_its_own_heads(task):
-    assert task_of(TASKS[task].arch(tiny_config())) == task
+    # grounding fine-tunes the retrieval model itself (ALBEF's refcoco.pth is a retrieval file): its heads say retrieval
+    expected = "retrieval" if task == "grounding" else task
+    assert task_of(TASKS[task].arch(tiny_config())) == expected
 
 
 HEADS_OFF = dict(projections=False, itm_head=False, mlm_head=False, answer_decoder_layers=0, classifier_classes=0,

@@ -46,7 +46,7 @@ from .transforms import (
 )
 
 #: the Lightning DataModules, imported from .datamodules when first named
-_DATAMODULES = ("ALBEFDataModule", "NLVRDataModule", "PretrainDataModule", "RetrievalDataModule", "VEDataModule",
+_DATAMODULES = ("ALBEFDataModule", "GroundingDataModule", "NLVRDataModule", "PretrainDataModule", "RetrievalDataModule", "VEDataModule",
                 "VQADataModule")
 
 
@@ -61,7 +61,7 @@ def __getattr__(name: str):
 __all__ = [
     "WordDropSwap",
     "ALBEF_OPS", "ALBEFDataModule", "ALBEFTokenizer", "BadRecordError", "CLIP_MEAN", "CLIP_STD",
-    "ClassificationCollate", "EpochShuffleSampler", "ImageTextCollate", "NLVRCollate", "NLVRDataModule",
+    "ClassificationCollate", "EpochShuffleSampler", "GroundingDataModule", "ImageTextCollate", "NLVRCollate", "NLVRDataModule",
     "NLVRDataset", "NLVR_LABELS", "PretrainDataModule", "PretrainDataset", "RandomAugment", "Record",
     "RecordImageDataset", "ResumableDataLoader", "ResumableEpochSampler", "RetrievalDataModule",
     "RetrievalEvalDataset", "RetrievalImageCollate",

@@ -110,6 +110,14 @@ class _Checker:
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             raise self.fail(key, "wrong type", value, "a string or an integer")
 
+    def box(self, key: str, value: Any = None, label: str | None = None) -> None:
+        expected = "a box [x, y, width, height] of 4 numbers, width and height > 0"
+        value = self.get(key, expected) if value is None else value
+        numbers = isinstance(value, list) and len(value) == 4 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        if not numbers or value[2] <= 0 or value[3] <= 0:
+            raise self.fail(label or key, "bad box", value, expected)
+
     def choice(self, key: str, allowed: tuple[str, ...], default: str | None = None) -> str:
         expected = " or ".join(repr(a) for a in allowed) + " (a string)"
         if default is not None and key not in self.record:
@@ -180,6 +188,18 @@ def _ve(c: _Checker, rec: dict) -> list[ImageRef]:
     return [("image", image, "image_root")]
 
 
+def _grounding(c: _Checker, rec: dict) -> list[ImageRef]:
+    image = c.text("image")
+    c.text("text")
+    c.box("box")
+    proposals = c.get("proposals", "a non-empty list of boxes [x, y, width, height]")
+    if not isinstance(proposals, list) or not proposals:
+        raise c.fail("proposals", "wrong type", proposals, "a non-empty list of boxes [x, y, width, height]")
+    for i, box in enumerate(proposals):
+        c.box("proposals", box, label=f"proposals[{i}]")
+    return [("image", image, "image_root")]
+
+
 SCHEMAS: dict[str, Callable[[_Checker, dict], list[ImageRef]]] = {
     "pretrain": _pretrain,
     "retrieval_train": _retrieval_train,
@@ -188,6 +208,7 @@ SCHEMAS: dict[str, Callable[[_Checker, dict], list[ImageRef]]] = {
     "vqa_test": lambda c, rec: _vqa(c, rec, train=False),
     "nlvr": _nlvr,
     "ve": _ve,
+    "grounding": _grounding,
 }
 
 
@@ -236,7 +257,7 @@ def load_records(
     Args:
         json_path: the annotation file.
         schema: one of ``SCHEMAS`` (pretrain, retrieval_train, retrieval_eval, vqa_train,
-            vqa_test, nlvr, ve).
+            vqa_test, nlvr, ve, grounding).
         image_root: folder relative image paths are joined to (None: the JSON file's folder).
         vg_root: root for VQA records with ``dataset == 'vg'`` (None: ``image_root``).
         image_ext: appended to every image path (SNLI-VE stores ids without ``.jpg``).

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from albef_struct.models import ALBEF
 
-__all__ = ["GradCAM", "default_layer", "itm_gradcam", "box_scores"]
+__all__ = ["GradCAM", "box_iou", "box_scores", "default_layer", "itm_gradcam"]
 
 ALBEF_FUSION_LAYER = 2  # ALBEF's block_num 8 with fusion from layer 6
 
@@ -62,7 +62,9 @@ def itm_gradcam(model: ALBEF, images: torch.Tensor, input_ids: torch.Tensor, att
     model.set_attention("eager")  # the fused kernels do not expose the probabilities
     hook = model.fusion_encoder.layer[layer].crossattention.self.register_forward_hook(keep_probabilities)
     try:
-        with torch.enable_grad():
+        # evaluation loops run under inference mode: leave it, with copies of the inputs autograd may use
+        with torch.inference_mode(False), torch.enable_grad():
+            images, input_ids, attention_mask = images.clone(), input_ids.clone(), attention_mask.clone()
             image = model.encode_image(images)
             text = model.encode_text(input_ids, attention_mask)
             logits = model.itm_logits(model.fuse(text.embeds, attention_mask, image.embeds))
@@ -85,17 +87,28 @@ def itm_gradcam(model: ALBEF, images: torch.Tensor, input_ids: torch.Tensor, att
     return GradCAM(token_maps, text_map, logit.detach(), probability, layer)
 
 
-def box_scores(heatmap: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-    """How much of ``heatmap`` (``[h, w]`` on the patch grid) each box holds: the map is resized to the image
-    (``(width, height)``) and a box ``[x, y, w, h]`` in pixels scores its heat mass over the square root of its
-    area, so that neither a tiny box on the peak nor the whole image wins by size alone."""
+def box_scores(heatmap: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int], alpha: float = 0.5) -> torch.Tensor:
+    """How strongly each box holds ``heatmap`` (``[h, w]`` on the patch grid), ALBEF's grounding rule: the map is
+    resized (bicubic) to the image's ``(width, height)``, and a box ``[x, y, w, h]`` in pixels (its pixel rows
+    ``int(y)`` to ``int(y + h)`` and columns likewise) scores its heat mass over ``area ** alpha`` (ALBEF: 0.5,
+    so that neither a tiny box on the peak nor the whole image wins by its size)."""
     width, height = image_size
-    full = F.interpolate(heatmap[None, None].float(), size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+    full = F.interpolate(heatmap[None, None].float(), size=(height, width), mode="bicubic", align_corners=False)[0, 0]
     integral = F.pad(full.cumsum(0).cumsum(1), (1, 0, 1, 0))  # summed-area table
-    x0 = boxes[:, 0].round().long().clamp(0, width)
-    y0 = boxes[:, 1].round().long().clamp(0, height)
-    x1 = (boxes[:, 0] + boxes[:, 2]).round().long().clamp(0, width)
-    y1 = (boxes[:, 1] + boxes[:, 3]).round().long().clamp(0, height)
+    x0 = boxes[:, 0].floor().long().clamp(0, width)
+    y0 = boxes[:, 1].floor().long().clamp(0, height)
+    x1 = (boxes[:, 0] + boxes[:, 2]).floor().long().clamp(0, width)
+    y1 = (boxes[:, 1] + boxes[:, 3]).floor().long().clamp(0, height)
     mass = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
-    area = ((x1 - x0) * (y1 - y0)).clamp_min(1).float()
-    return mass / area.sqrt()
+    return mass / (boxes[:, 2] * boxes[:, 3]).float().clamp_min(1e-6) ** alpha
+
+
+def box_iou(box: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """IoU of ``box`` with each of ``boxes``, all ``[x, y, w, h]`` in pixels (RefCOCO's inclusive-pixel convention:
+    a box covers ``w`` columns from ``x``)."""
+    x0 = torch.maximum(box[0], boxes[:, 0])
+    y0 = torch.maximum(box[1], boxes[:, 1])
+    x1 = torch.minimum(box[0] + box[2] - 1, boxes[:, 0] + boxes[:, 2] - 1)
+    y1 = torch.minimum(box[1] + box[3] - 1, boxes[:, 1] + boxes[:, 3] - 1)
+    inter = torch.where((x0 < x1) & (y0 < y1), (x1 - x0 + 1) * (y1 - y0 + 1), torch.zeros_like(x0))
+    return inter / (box[2] * box[3] + boxes[:, 2] * boxes[:, 3] - inter)

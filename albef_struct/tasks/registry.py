@@ -32,6 +32,7 @@ TASK_MODULES = (
     "albef_struct.tasks.ve",
     "albef_struct.tasks.vqa",
     "albef_struct.tasks.nlvr",
+    "albef_struct.tasks.grounding",
 )
 #: Every head flag of :class:`~albef_struct.models.ALBEFConfig`, off; a task names those it turns on.
 NO_HEADS: Mapping[str, Any] = MappingProxyType(dict(

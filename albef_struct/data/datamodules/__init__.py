@@ -2,11 +2,13 @@
 
 from .base import ALBEFDataModule
 from .classification import NLVRDataModule, VEDataModule
+from .grounding import GroundingDataModule
 from .image_text import PretrainDataModule, RetrievalDataModule
 from .vqa import VQADataModule
 
 __all__ = [
     "ALBEFDataModule",
+    "GroundingDataModule",
     "NLVRDataModule",
     "PretrainDataModule",
     "RetrievalDataModule",

@@ -1,0 +1,123 @@
+"""Weakly supervised referring-expression grounding (RefCOCO+), ALBEF's fifth task.
+
+ALBEF fine-tunes the retrieval model (ITC + ITM) on expression-image pairs, without boxes.
+At evaluation it explains the ITM score of each expression by Grad-CAM through the cross-
+attention of one fusion layer (:mod:`albef_struct.inference.gradcam`; ALBEF's is the third)
+and ranks the image's box proposals by the heat they hold (mass over ``area ** box_alpha``,
+ALBEF 0.5). A prediction is right when the top proposal overlaps the referred box with
+IoU >= 0.5. Beside the accuracy the test reports the random-proposal chance (the share of
+proposals that would be right, averaged over expressions) and a centre-box baseline (the
+proposal nearest the image centre), neither of which reads the text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torchmetrics.aggregation import CatMetric
+
+from albef_struct.data.collate import is_empty_batch
+from albef_struct.data import GroundingDataModule
+from albef_struct.inference.gradcam import box_iou, box_scores, itm_gradcam
+from albef_struct.lit.schedule import OptimConfig
+from albef_struct.metrics.report import report_results
+from albef_struct.models import ALBEFConfig
+from albef_struct.tasks.registry import register_task
+from albef_struct.tasks.retrieval import RetrievalModule
+
+# ALBEF's Grounding.yaml: lr 1e-5, cosine to 1e-6, batch 32, 5 epochs at 384 px.
+GROUNDING_OPTIM = OptimConfig(lr=1e-5, weight_decay=0.02, warmup_lr=1e-5, warmup_steps=100, min_lr=1e-6)
+IOU_HIT = 0.5
+
+
+@register_task(
+    "grounding", "referring-expression grounding (retrieval fine-tuning, Grad-CAM box ranking)",
+    datamodule=GroundingDataModule,
+    heads={"projections": True, "itm_head": True},
+    queue=True,
+    fresh_ok={"queue.": "the checkpoint has no feature queue (e.g. ALBEF's released fine-tuned files); it starts random"},
+    optim=GROUNDING_OPTIM,
+    training_loss="retrieval_losses",
+    result_name="grounding_test",
+    title="grounding",
+    summary=(),  # no row in make demo's table: the demo has no grounding stage yet
+)
+class GroundingModule(RetrievalModule):
+    """Grounding: retrieval fine-tuning, then Grad-CAM box ranking on ``GroundingDataModule``'s eval records.
+
+    Args (besides :class:`RetrievalModule`'s training ones):
+        gradcam_layer: the fusion layer whose cross-attention is explained (None: ALBEF's, the third).
+        box_alpha: a proposal scores its heat mass over ``area ** box_alpha`` (ALBEF: 0.5).
+    """
+
+    def __init__(
+        self,
+        arch: ALBEFConfig | None = None,
+        optim: OptimConfig | None = None,
+        queue_size: int = 65536,
+        momentum: float = 0.995,
+        alpha: float = 0.4,
+        alpha_warmup: bool = True,
+        distill: bool = True,
+        itm_uniform_negative_steps: int = 0,
+        init_from: str | None = None,
+        text_dropout: float | None = None,
+        gradcam_layer: int | None = None,
+        box_alpha: float = 0.5,
+    ) -> None:
+        super().__init__(arch, optim, queue_size, momentum, alpha, alpha_warmup, distill,
+                         itm_uniform_negative_steps=itm_uniform_negative_steps, init_from=init_from,
+                         text_dropout=text_dropout)
+        self.gradcam_layer, self.box_alpha = gradcam_layer, box_alpha
+        self.outcomes = CatMetric()  # rows of (index, hit, chance, centre-box hit), variable length per rank
+
+    def ground(self, batch: dict[str, Any]) -> torch.Tensor:
+        """``[B, 4]`` rows: dataset index, whether the top proposal hits, the random-proposal chance, the centre box."""
+        cam = itm_gradcam(self.model, batch["image"], batch["input_ids"], batch["attention_mask"], self.gradcam_layer)
+        rows = []
+        for i, proposals in enumerate(batch["proposals"]):
+            proposals, box = proposals.to(cam.text_map.device), batch["box"][i].to(cam.text_map.device)
+            width, height = (int(v) for v in batch["image_size"][i].tolist())
+            ious = box_iou(box, proposals)
+            top = box_scores(cam.text_map[i], proposals, (width, height), self.box_alpha).argmax()
+            centres = proposals[:, :2] + proposals[:, 2:] / 2
+            central = (centres - torch.tensor([width / 2, height / 2], device=centres.device)).norm(dim=1).argmin()
+            rows.append(torch.stack([batch["index"][i].to(ious), (ious[top] >= IOU_HIT).to(ious),
+                                     (ious >= IOU_HIT).to(ious).mean(), (ious[central] >= IOU_HIT).to(ious)]))
+        return torch.stack(rows)
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if not is_empty_batch(batch):
+            self.outcomes.update(self.ground(batch))
+
+    test_step = validation_step
+
+    def _finish_grounding(self) -> dict[str, float] | None:
+        if not self.outcomes.update_count:
+            return None
+        rows = self.outcomes.compute().reshape(-1, 4)
+        self.outcomes.reset()
+        index = rows[:, 0].long()
+        first = torch.ones_like(index, dtype=torch.bool)  # the distributed sampler repeats records to even out ranks
+        order = torch.argsort(index, stable=True)
+        first[order[1:]] = index[order[1:]] != index[order[:-1]]
+        rows = rows[first]
+        return {"acc": 100 * float(rows[:, 1].mean()), "chance": 100 * float(rows[:, 2].mean()),
+                "centre_box": 100 * float(rows[:, 3].mean()), "n": int(rows.shape[0])}
+
+    def on_validation_epoch_end(self) -> None:
+        result = self._finish_grounding()
+        if result is not None:
+            self.log("val/acc", result["acc"], prog_bar=True, sync_dist=False)
+
+    def on_test_epoch_end(self) -> None:
+        result = self._finish_grounding()
+        if result is None:
+            return
+        self.log("test/acc", result["acc"], sync_dist=False)
+        if self.trainer.is_global_zero:
+            report_results(self.results_dir, self.task_spec.result_name, {"acc": result["acc"]},
+                           {"acc": result["chance"]},
+                           extra={"centre_box_baseline": {"acc": result["centre_box"]}, "n_expressions": result["n"],
+                                  "gradcam_layer": self.gradcam_layer, "box_alpha": self.box_alpha})
