@@ -9,6 +9,8 @@ Indexing decodes one record (a few microseconds) into the same :class:`Record` t
 from __future__ import annotations
 
 import bisect
+import ctypes
+import ctypes.util
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -19,7 +21,7 @@ import numpy as np
 
 from .records import Record
 
-__all__ = ["PackedRecords"]
+__all__ = ["PackedRecords", "release_freed_memory"]
 
 
 class PackedRecords(Sequence[Record]):
@@ -82,3 +84,15 @@ class PackedRecords(Sequence[Record]):
     def nbytes(self) -> int:
         """Bytes held by the packed buffers."""
         return int(self._buffer.nbytes + self._offsets.nbytes)
+
+
+def release_freed_memory() -> None:
+    """Return the heap pages freed after parsing a JSON file to the OS (glibc's ``malloc_trim``; elsewhere
+    nothing): left resident, forked loader workers copy them as soon as they allocate there."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)

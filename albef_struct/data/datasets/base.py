@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from ..bad_records import BadRecordError, SkipReport
 from ..images import load_image
-from ..record_store import PackedRecords
+from ..record_store import PackedRecords, release_freed_memory
 from ..records import load_records
 
 __all__ = ["PathLike", "RecordImageDataset", "Transform", "seeded_transform"]
@@ -80,6 +80,7 @@ class RecordImageDataset(Dataset):
                 skip_bad_records=skip_bad_records, check_images_exist=check_images_exist,
                 report=self.skip_report,
             ))
+        release_freed_memory()
         if not len(self.records):
             raise ValueError(
                 f"No usable records in {[str(f) for f in _as_list(files)]} (schema {schema!r}). "
