@@ -61,19 +61,27 @@ COLOUR_PROMPTS := "a {} circle" "a {} square" "a {} triangle" "a {} diamond" "a 
 CLASSIFY = $(CLI) classify --ckpt $(1) --images data/demo/classify/$(2)/test \
 	--few-shot-train data/demo/classify/$(2)/train --shots $(CLASSIFY_SHOTS) --templates $(3) \
 	--out $(4)/classify/$(2).json
+# Zero-shot grounding of referring expressions (data/demo/grounding): the box of each expression chosen among its
+# scene's object boxes by the ITC Grad-CAM of the pretrained model (configs/demo/grounding.yaml); GROUNDING_DATA_ARGS
+# go to the generator. $(1): the checkpoint, $(2): config overlays.
+GROUNDING_DATA_ARGS ?=
+GROUND = $(PY) -m albef_struct.data_prep.demo_grounding --out data/demo/grounding $(GROUNDING_DATA_ARGS) && \
+	$(CLI) test --config configs/demo/grounding.yaml $(2) --verbose false --data.init_args.image_cache null \
+	--model.init_args.init_from $(1)
 
 demo: $(STAMP) $(DINOV2)
 	$(call STAGE,1/8 demo data)
 	$(PY) -m albef_struct.data_prep.demo_data --out data/demo $(DEMO_DATA_ARGS)
 	$(call STAGE,2/8 DINOv2 tokens of every demo image)
 	$(CLI) cache-images --arch configs/model/small_arch.yaml --img-size 56 --images data/demo --out $(QUICK_CACHE)
-	$(call STAGE,3/8 pretraining + zero-shot retrieval and classification)
+	$(call STAGE,3/8 pretraining + zero-shot retrieval / classification / grounding)
 	$(CLI) fit --config configs/demo/pretrain_small.yaml $(call QUICK,pretrain)
 	$(CLI) test --config configs/demo/pretrain_small.yaml $(call QUICK,pretrain) --verbose false \
 		--ckpt_path runs/demo_quick/pretrain/checkpoints/last.ckpt
 	$(PY) -m albef_struct.data_prep.demo_classification --out data/demo/classify $(CLASSIFY_DATA_ARGS)
 	$(call CLASSIFY,runs/demo_quick/pretrain/checkpoints/last.ckpt,shape,$(SHAPE_PROMPTS),runs/demo_quick)
 	$(call CLASSIFY,runs/demo_quick/pretrain/checkpoints/last.ckpt,colour,$(COLOUR_PROMPTS),runs/demo_quick)
+	$(call GROUND,runs/demo_quick/pretrain/checkpoints/last.ckpt,$(call QUICK,grounding))
 	set -e; n=4; for task in $(DEMO_TASKS); do \
 		echo "[make demo $$(date +%T)] $$n/8 $$task"; n=$$((n+1)); \
 		$(CLI) fit --config configs/demo/$$task.yaml $(call QUICK,$$task); \
@@ -99,6 +107,7 @@ demo-full: $(STAMP) $(DINOV2)
 	$(PY) -m albef_struct.data_prep.demo_classification --out data/demo/classify $(CLASSIFY_DATA_ARGS)
 	$(call CLASSIFY,$(DEMO_RUN)/checkpoints/last.ckpt,shape,$(SHAPE_PROMPTS),runs/demo)
 	$(call CLASSIFY,$(DEMO_RUN)/checkpoints/last.ckpt,colour,$(COLOUR_PROMPTS),runs/demo)
+	$(call GROUND,$(DEMO_RUN)/checkpoints/last.ckpt,$(DEMO_TASK_OVERLAY))
 	$(MAKE) --no-print-directory demo-tasks DEMO_MODEL=$(DEMO_MODEL)
 
 # Fine-tune and test each task from the demo pretraining (make demo runs this after it).

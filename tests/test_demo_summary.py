@@ -14,7 +14,7 @@ from albef_struct.demo_summary import ROWS, collect, format_table, main
 from albef_struct.models import ALBEFConfig
 from tests.conftest import REPO
 
-TASK_CONFIGS = ["retrieval", "ve", "vqa", "nlvr_pretrain", "nlvr"]
+TASK_CONFIGS = ["retrieval", "ve", "vqa", "nlvr_pretrain", "nlvr", "grounding"]
 
 
 def write_result(path: Path, metrics: dict, chance: dict, mtime: float | None = None, blind: dict | None = None) -> None:
@@ -32,6 +32,8 @@ def fill_runs(root: Path) -> None:
     write_result(root / "ve/lightning_logs/version_0/ve_test.json", {"acc": 66.7, "acc_entail_vs_contra": 50.0},
                  {"acc": 33.3, "acc_entail_vs_contra": 50.0}, blind={"acc": 68.3, "acc_entail_vs_contra": 52.5})
     write_result(root / "vqa/lightning_logs/version_0/vqa_test.json", {"acc": 43.9}, {"acc": 12.9}, blind={"acc": 47.3})
+    write_result(root / "grounding/lightning_logs/version_0/grounding_test.json", {"acc": 43.5}, {"acc": 34.7},
+                 blind={"acc": 36.0})
 
 
 def test_table_reads_each_stage_and_judges_it_against_chance(tmp_path, capsys):
@@ -59,6 +61,8 @@ def test_each_row_is_judged_against_its_blind_baseline_and_drawn(tmp_path, capsy
     assert (vqa["blind"], vqa["above_chance"], vqa["above_blind"]) == (47.3, True, False)  # above chance, not blind
     assert rows[("NLVR2", "acc")]["above_blind"] is True
     assert rows[("SNLI-VE", "acc")]["above_blind"] is False and rows[("SNLI-VE", "acc")]["blind"] == 68.3
+    grounding = rows[("grounding (zero-shot)", "acc")]
+    assert (grounding["chance"], grounding["blind"], grounding["above_blind"]) == (34.7, 36.0, True)  # the centre box
     retrieval = rows[("zero-shot retrieval", "itc_txt_r1")]
     assert retrieval["blind"] == retrieval["chance"] == 0.33  # nothing ranks images without them
     table = capsys.readouterr().out

@@ -65,7 +65,7 @@ def test_gradcam_is_the_gradient_weighted_cross_attention(layer):
     assert cam.token_maps.shape == (3, 7, 4, 4) and cam.layer == layer
     assert expected.abs().sum() > 0 and (cam.token_maps[1, 4:] == 0).all()
     torch.testing.assert_close(cam.token_maps, expected, rtol=1e-4, atol=1e-9)
-    torch.testing.assert_close(cam.itm_logit, logit.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cam.score, logit.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(cam.text_map[1], expected[1, :4].mean(0), rtol=1e-4, atol=1e-9)
     assert model.fusion_encoder.layer[0].crossattention.self.config._attn_implementation == model.config.attention
     assert default_layer(model) == 2 and not model.training
@@ -102,7 +102,7 @@ def test_explain_writes_the_picture_from_a_checkpoint_and_an_official_file(pretr
     out = tmp_path / "explain.png"
     assert main(["explain", "--ckpt", str(pretrain_ckpt), "--image", str(tmp_path / "red.png"), "--text",
                  "a red square", "--out", str(out), "--maps", str(tmp_path / "maps.pt")]) == 0
-    assert out.stat().st_size > 10_000 and "4 token maps" in capsys.readouterr().out
+    assert out.stat().st_size > 10_000 and "4 token map(s) (itm, layer 0)" in capsys.readouterr().out
     maps = torch.load(tmp_path / "maps.pt", weights_only=False)
     assert maps["tokens"] == ["[CLS]", "a", "red", "square"] and maps["token_maps"].shape[0] == 4
     ours = inference.load(pretrain_ckpt).explain(tmp_path / "red.png", "a red square")
@@ -116,3 +116,42 @@ def test_explain_writes_the_picture_from_a_checkpoint_and_an_official_file(pretr
                  str(tmp_path / "red.png"), "--text", "a red square", "--out", str(tmp_path / "official.png"),
                  "--maps", str(tmp_path / "official.pt")]) == 0
     torch.testing.assert_close(torch.load(tmp_path / "official.pt", weights_only=False)["text_map"], ours.text_map)
+
+
+def direct_itc_gradcam(model: ALBEF, images, ids, mask, block: int) -> torch.Tensor:
+    """ITC mode written out: the ViT run block by block, block ``block``'s attention probabilities an explicit leaf."""
+    encoder = model.visual_encoder
+    x = encoder.norm_pre(encoder.patch_drop(encoder._pos_embed(encoder.patch_embed(images))))
+    for i, layer in enumerate(encoder.blocks):
+        if i != block:
+            x = layer(x)
+            continue
+        attn, h = layer.attn, layer.norm1(x)
+        b, n, _ = h.shape
+        q, k, v = attn.qkv(h).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        probs = torch.softmax(q * attn.scale @ k.transpose(-2, -1), dim=-1).detach().requires_grad_()
+        mixed = attn.proj((probs @ v).transpose(1, 2).reshape(b, n, -1))
+        x = x + layer.ls1(mixed)
+        x = x + layer.ls2(layer.mlp(layer.norm2(x)))
+    tokens = encoder.norm(x)
+    torch.testing.assert_close(tokens, encoder(images))  # the hand-written pass is the encoder's
+    image_feat = torch.nn.functional.normalize(model.vision_proj(tokens[:, 0]), dim=-1)
+    similarity = (image_feat * model.encode_text(ids, mask).feat).sum(-1) / model.temp
+    (grad,) = torch.autograd.grad(similarity.sum(), probs)
+    return (probs[:, :, 0, 1:] * grad[:, :, 0, 1:].clamp_min(0)).mean(dim=1).reshape(b, 4, 4)
+
+
+def test_itc_gradcam_is_the_gradient_weighted_cls_attention():
+    from albef_struct.inference.gradcam import gradcam
+
+    model = tiny_model()
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    ids = torch.randint(1000, 5000, (2, 5), generator=torch.Generator().manual_seed(4))
+    ids[:, 0] = 101
+    mask = torch.ones_like(ids)
+    cam = gradcam(model, images, ids, mask, mode="itc", layer=0)
+    expected = direct_itc_gradcam(model, images, ids, mask, block=0)
+    assert cam.mode == "itc" and cam.match_probability is None and expected.abs().sum() > 0
+    torch.testing.assert_close(cam.text_map, expected, rtol=1e-4, atol=1e-9)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        gradcam(model, images, ids, mask, mode="vit")

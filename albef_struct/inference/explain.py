@@ -39,8 +39,11 @@ def upsample(heatmap: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 def explanation_figure(image, explanation: Explanation, text: str, out: str | Path) -> Path:
     """Write the image, the whole text's map and each token's map as one PNG."""
     picture = open_image(image).convert("RGB")
-    panels = [("image", None), (f"whole text (match p={explanation.match_probability:.2f})", explanation.text_map)]
-    panels += [(token, explanation.token_maps[i]) for i, token in enumerate(explanation.tokens)]
+    score = (f"match p={explanation.match_probability:.2f}" if explanation.match_probability is not None
+             else f"ITC cosine {explanation.score:.2f}")
+    panels = [("image", None), (f"whole text ({score})", explanation.text_map)]
+    if explanation.mode == "itm":
+        panels += [(token, explanation.token_maps[i]) for i, token in enumerate(explanation.tokens)]
     rows = math.ceil(len(panels) / PANELS_PER_ROW)
     fig, axes = plt.subplots(rows, PANELS_PER_ROW, figsize=(2.2 * PANELS_PER_ROW, 2.4 * rows), squeeze=False)
     for ax in axes.flat:
@@ -50,7 +53,9 @@ def explanation_figure(image, explanation: Explanation, text: str, out: str | Pa
         if heatmap is not None:
             ax.imshow(upsample(heatmap, picture.size), cmap="jet", alpha=0.5)
         ax.set_title(title, fontsize=8)
-    fig.suptitle(f'"{text}" (Grad-CAM of the ITM score, fusion layer {explanation.layer})', fontsize=9)
+    where = f"ITM score, fusion layer {explanation.layer}" if explanation.mode == "itm" else \
+        f"ITC similarity, ViT block {explanation.layer}"
+    fig.suptitle(f'"{text}" (Grad-CAM of the {where})', fontsize=9)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -68,14 +73,20 @@ def explain_main(argv: Sequence[str]) -> int:
     parser.add_argument("--image", required=True, type=Path)
     parser.add_argument("--text", required=True)
     parser.add_argument("--out", required=True, type=Path, help="the PNG to write")
-    parser.add_argument("--layer", type=int, help="fusion layer to explain, from 0 (default: ALBEF's, the third)")
+    parser.add_argument("--mode", choices=["itm", "itc"], default="itm",
+                        help="itm: the ITM score through a fusion layer's cross-attention (per token too); itc: the "
+                             "ITC similarity through a ViT block's [CLS] attention")
+    parser.add_argument("--layer", type=int, help="fusion layer (itm, from 0; default the third) or ViT block (itc; "
+                                                  "default two thirds up) to explain")
     parser.add_argument("--maps", type=Path, help="also save the maps as tensors (torch.save) here")
     args = parser.parse_args(list(argv))
     model = _load(args)
-    explanation = model.explain(args.image, args.text, args.layer)
+    explanation = model.explain(args.image, args.text, args.layer, args.mode)
     path = explanation_figure(args.image, explanation, args.text, args.out)
     if args.maps:
         torch.save(explanation._asdict(), args.maps)
-    print(f"match probability {explanation.match_probability:.3f}; {len(explanation.tokens)} token maps "
-          f"(fusion layer {explanation.layer}) written to {path}")
+    score = (f"match probability {explanation.match_probability:.3f}" if explanation.match_probability is not None
+             else f"ITC cosine {explanation.score:.3f}")
+    print(f"{score}; {len(explanation.tokens)} token map(s) ({explanation.mode}, layer {explanation.layer}) "
+          f"written to {path}")
     return 0

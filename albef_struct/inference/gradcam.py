@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from albef_struct.models import ALBEF
 
-__all__ = ["GradCAM", "box_iou", "box_scores", "default_layer", "itm_gradcam"]
+__all__ = ["GRADCAM_MODES", "GradCAM", "gradcam", "box_iou", "box_scores", "default_layer", "default_vit_block", "itc_gradcam", "itm_gradcam"]
 
 ALBEF_FUSION_LAYER = 2  # ALBEF's block_num 8 with fusion from layer 6
 
@@ -31,9 +31,10 @@ class GradCAM:
 
     token_maps: torch.Tensor  # [B, L, h, w]: zero at padded tokens
     text_map: torch.Tensor  # [B, h, w]: mean over each text's unpadded tokens
-    itm_logit: torch.Tensor  # [B]: the ITM "match" logit
-    itm_probability: torch.Tensor  # [B]: the match probability (softmax over match / no match)
-    layer: int
+    score: torch.Tensor  # [B]: the score explained: the ITM "match" logit, or (ITC mode) the cosine similarity
+    match_probability: torch.Tensor | None  # [B]: the ITM match probability (None in ITC mode)
+    layer: int  # the fusion layer (ITM mode) or ViT block (ITC mode) explained
+    mode: str = "itm"
 
 
 def default_layer(model: ALBEF) -> int:
@@ -64,7 +65,8 @@ def itm_gradcam(model: ALBEF, images: torch.Tensor, input_ids: torch.Tensor, att
     try:
         # evaluation loops run under inference mode: leave it, with copies of the inputs autograd may use
         with torch.inference_mode(False), torch.enable_grad():
-            images, input_ids, attention_mask = images.clone(), input_ids.clone(), attention_mask.clone()
+            # the image needs gradients: with frozen encoders it is what puts the attention in the graph
+            images, input_ids, attention_mask = images.clone().requires_grad_(), input_ids.clone(), attention_mask.clone()
             image = model.encode_image(images)
             text = model.encode_text(input_ids, attention_mask)
             logits = model.itm_logits(model.fuse(text.embeds, attention_mask, image.embeds))
@@ -84,7 +86,64 @@ def itm_gradcam(model: ALBEF, images: torch.Tensor, input_ids: torch.Tensor, att
     token_maps = cam.reshape(*cam.shape[:2], side, side) * mask[:, :, None, None]
     text_map = token_maps.sum(dim=1) / mask.sum(dim=1).clamp_min(1)[:, None, None]
     probability = logits.detach().float().softmax(dim=-1)[:, 1]
-    return GradCAM(token_maps, text_map, logit.detach(), probability, layer)
+    return GradCAM(token_maps, text_map, logit.detach(), probability, layer, "itm")
+
+
+def default_vit_block(model: ALBEF) -> int:
+    """ALBEF's ``block_num = 8`` of a 12-block ViT: two thirds of the way up."""
+    return model.config.vision.depth * 2 // 3
+
+
+def itc_gradcam(model: ALBEF, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                block: int | None = None) -> GradCAM:
+    """ALBEF's ``itc`` mode: Grad-CAM of the image-text ITC similarity through the [CLS] row of ViT block
+    ``block``'s self-attention (what the image's [CLS] gathers from each patch, weighted by how much that
+    raises the similarity to the text). One map per text, in ``text_map``; ``token_maps`` holds it once."""
+    if not model.config.projections:
+        raise ValueError("ITC Grad-CAM needs the contrastive projections (a pretraining or retrieval checkpoint)")
+    block = default_vit_block(model) if block is None else block
+    blocks = model.visual_encoder.blocks
+    if not 0 <= block < len(blocks):
+        raise ValueError(f"block {block} is not a ViT block: this model has {len(blocks)} (0 to {len(blocks) - 1})")
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep_probabilities(module, args, output) -> None:
+        captured["attention"] = output
+
+    was_training = model.training
+    model.eval()
+    model.set_attention("eager")
+    hook = blocks[block].attn.attn_drop.register_forward_hook(keep_probabilities)
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            # the image needs gradients: with frozen encoders it is what puts the attention in the graph
+            images, input_ids, attention_mask = images.clone().requires_grad_(), input_ids.clone(), attention_mask.clone()
+            if images.dim() != 4:
+                raise ValueError("ITC Grad-CAM runs the image encoder: pass images, not cached tokens")
+            similarity = (model.encode_image(images).feat * model.encode_text(input_ids, attention_mask).feat).sum(-1)
+            attention = captured["attention"]
+            (grad,) = torch.autograd.grad(similarity.sum() / model.temp, attention)
+    finally:
+        hook.remove()
+        model.set_attention(model.config.attention)
+        model.train(was_training)
+    prefix = getattr(model.visual_encoder, "num_prefix_tokens", 1)
+    cam = (attention[:, :, 0, prefix:] * grad[:, :, 0, prefix:].clamp_min(0)).mean(dim=1).detach()  # [B, patches]
+    side = math.isqrt(cam.shape[-1])
+    text_map = cam.reshape(-1, side, side)
+    return GradCAM(text_map[:, None], text_map, similarity.detach(), None, block, "itc")
+
+
+GRADCAM_MODES = ("itm", "itc")
+
+
+def gradcam(model: ALBEF, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+            mode: str = "itm", layer: int | None = None) -> GradCAM:
+    """:func:`itm_gradcam` (``layer``: a fusion layer) or :func:`itc_gradcam` (``layer``: a ViT block)."""
+    if mode not in GRADCAM_MODES:
+        raise ValueError(f"Grad-CAM mode must be one of {GRADCAM_MODES}, got {mode!r}")
+    explain = itm_gradcam if mode == "itm" else itc_gradcam
+    return explain(model, images, input_ids, attention_mask, layer)
 
 
 def box_scores(heatmap: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int], alpha: float = 0.5) -> torch.Tensor:

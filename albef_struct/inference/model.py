@@ -12,7 +12,7 @@ from albef_struct.data.collate import RETRIEVAL_EVAL_TOKENS
 from albef_struct.data.tokenizer import ALBEFTokenizer
 from albef_struct.data.transforms import test_transform
 from albef_struct.inference.inputs import Images, Texts, count_texts, image_batch, image_list, text_chunks
-from albef_struct.inference.gradcam import itm_gradcam
+from albef_struct.inference.gradcam import gradcam
 from albef_struct.inference.loading import LoadedCheckpoint
 from albef_struct.models import ALBEF
 from albef_struct.tasks.passes import NLVR_CLASSES, VE_LABELS, nlvr_logits, ve_logits
@@ -34,11 +34,13 @@ class RankedAnswer(NamedTuple):
 class Explanation(NamedTuple):
     """Grad-CAM of one image-text match (see :mod:`albef_struct.inference.gradcam`)."""
 
-    tokens: list[str]  # the text's WordPieces, [CLS] first
+    tokens: list[str]  # the text's WordPieces, [CLS] first (ITC mode: one entry for the whole text)
     token_maps: torch.Tensor  # [L, h, w] on the ViT's patch grid
     text_map: torch.Tensor  # [h, w]: the mean of the tokens' maps
-    match_probability: float
-    layer: int  # the fusion layer whose cross-attention is explained
+    match_probability: float | None  # ITM match probability (None in ITC mode)
+    score: float  # the score explained: ITM match logit, or ITC cosine similarity
+    layer: int  # the fusion layer (ITM) or ViT block (ITC) explained
+    mode: str
 
 
 class InferenceModel:
@@ -147,15 +149,20 @@ class InferenceModel:
                 out.append((logits[:, 1] if logit else logits.softmax(dim=-1)[:, 1]).cpu())
         return torch.cat(out)
 
-    def explain(self, image: Images, text: str, layer: int | None = None) -> Explanation:
+    def explain(self, image: Images, text: str, layer: int | None = None, mode: str = "itm") -> Explanation:
         """Where the model looks for ``text`` in ``image``: Grad-CAM of the ITM match through the cross-attention
-        of fusion layer ``layer`` (default: ALBEF's, the third), for the whole text and for each token."""
-        self._needs("an image-text matching head", self.config.itm_head, "a pretraining or retrieval checkpoint")
+        of fusion layer ``layer`` (default: ALBEF's, the third), for the whole text and for each token; or with
+        ``mode="itc"`` of the ITC similarity through ViT block ``layer``'s [CLS] attention (one map)."""
+        self._needs("an image-text matching head" if mode == "itm" else "contrastive projections",
+                    self.config.itm_head if mode == "itm" else self.config.projections,
+                    "a pretraining or retrieval checkpoint")
         (pixels,) = self._images(image_list(image)[:1])
         (tokens,) = self._texts([text], "caption", RETRIEVAL_EVAL_TOKENS)
-        cam = itm_gradcam(self.model, pixels, tokens["input_ids"], tokens["attention_mask"], layer)
-        return Explanation(self.tokenizer.tokens(tokens["input_ids"][0].tolist()), cam.token_maps[0].float().cpu(),
-                           cam.text_map[0].float().cpu(), float(cam.itm_probability[0]), cam.layer)
+        cam = gradcam(self.model, pixels, tokens["input_ids"], tokens["attention_mask"], mode, layer)
+        words = self.tokenizer.tokens(tokens["input_ids"][0].tolist()) if mode == "itm" else ["(whole text)"]
+        probability = float(cam.match_probability[0]) if cam.match_probability is not None else None
+        return Explanation(words, cam.token_maps[0].float().cpu(), cam.text_map[0].float().cpu(), probability,
+                           float(cam.score[0]), cam.layer, cam.mode)
 
     # --- SNLI-VE and NLVR2 ------------------------------------------------------------------------------
     def predict(self, images: Images | Sequence[tuple], texts: Texts) -> list[Prediction]:

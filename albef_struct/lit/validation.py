@@ -110,6 +110,8 @@ def gallery_problems(trainer: pl.Trainer, module: Any, datamodule: Any, stage: s
     if k_test is None or not batch:
         return
     for name, split, dataset, limit in _galleries(trainer, stage, datamodule):
+        if not hasattr(dataset, "texts"):  # not a retrieval gallery (e.g. grounding's records): nothing is re-ranked
+            continue
         images = _evaluated(len(dataset), batch, trainer.world_size, limit)
         texts = _evaluated(len(dataset.texts), batch, trainer.world_size, limit)
         if k_test > min(images, texts):
