@@ -120,6 +120,8 @@ def test_fine_tune_and_test_report_accuracy_chance_and_the_centre_box(refcoco, t
         top = box_scores(cam.text_map[0], proposals, (80, 60)).argmax()
         expected.append(float(box_iou(torch.tensor(record["box"], dtype=torch.float), proposals)[top] >= 0.5))
     assert result["metrics"]["acc"] == pytest.approx(100 * sum(expected) / 3)
+    assert result["metrics"]["acc_testB"] == pytest.approx(100 * expected[1])  # the second test record is testB
+    assert result["metrics"]["acc_testA"] == pytest.approx(100 * (expected[0] + expected[2]) / 2)
     assert batch["proposals"][0].shape == (3, 4) and batch["image_size"][0].tolist() == [80, 60]
     # the centre box: the proposal nearest the image centre (40, 30)
     assert 0 <= result["blind"]["acc"] <= 100

@@ -100,7 +100,12 @@ class GroundingModule(RetrievalModule):
 
     test_step = validation_step
 
-    def _finish_grounding(self) -> dict[str, float] | None:
+    def _split_of(self, stage: str) -> Any:
+        """Record index -> its ``split`` field (RefCOCO+'s val / testA / testB), when the records carry one."""
+        dataset = getattr(getattr(self.trainer, "datamodule", None), "eval_sets", {}).get(stage)
+        return (lambda i: dataset.records[i].get("split")) if dataset is not None else (lambda i: None)
+
+    def _finish_grounding(self, stage: str) -> dict[str, float] | None:
         if not self.outcomes.update_count:
             return None
         rows = self.outcomes.compute().reshape(-1, 4)
@@ -110,22 +115,29 @@ class GroundingModule(RetrievalModule):
         order = torch.argsort(index, stable=True)
         first[order[1:]] = index[order[1:]] != index[order[:-1]]
         rows = rows[first]
-        return {"acc": 100 * float(rows[:, 1].mean()), "chance": 100 * float(rows[:, 2].mean()),
-                "centre_box": 100 * float(rows[:, 3].mean()), "n": int(rows.shape[0])}
+        result = {"acc": 100 * float(rows[:, 1].mean()), "chance": 100 * float(rows[:, 2].mean()),
+                  "centre_box": 100 * float(rows[:, 3].mean()), "n": int(rows.shape[0]), "splits": {}}
+        split_of = self._split_of(stage)
+        splits = [split_of(int(i)) for i in rows[:, 0].tolist()]
+        for name in sorted({s for s in splits if s is not None}):
+            keep = torch.tensor([s == name for s in splits])
+            result["splits"][name] = 100 * float(rows[keep, 1].mean())
+        return result
 
     def on_validation_epoch_end(self) -> None:
-        result = self._finish_grounding()
+        result = self._finish_grounding("val")
         if result is not None:
             self.log("val/acc", result["acc"], prog_bar=True, sync_dist=False)
 
     def on_test_epoch_end(self) -> None:
-        result = self._finish_grounding()
+        result = self._finish_grounding("test")
         if result is None:
             return
         self.log("test/acc", result["acc"], sync_dist=False)
         if self.trainer.is_global_zero:
+            per_split = {f"acc_{name}": value for name, value in result["splits"].items()}
             # the centre box reads neither the pixels nor the text, only the proposals' geometry: the blind baseline
-            report_results(self.results_dir, self.task_spec.result_name, {"acc": result["acc"]},
+            report_results(self.results_dir, self.task_spec.result_name, {"acc": result["acc"], **per_split},
                            {"acc": result["chance"]}, blind={"acc": result["centre_box"]},
                            extra={"n_expressions": result["n"],
                                   "gradcam_mode": self.gradcam_mode, "gradcam_layer": self.gradcam_layer,
