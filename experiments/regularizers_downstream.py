@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from experiments.common import RunSpec, ensure_demo_data, experiment_arch, train_and_test
-from experiments.regularizers_full_model import REGULARIZERS, read_rows, shipped_structure
+from experiments.regularizers_full_model import REGULARIZERS, run_grid, shipped_structure
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs/demo"
@@ -188,21 +188,12 @@ def main(argv: list[str] | None = None) -> int:
         ensure_demo_data(args.data, info_gap=True, n_train=32, n_val=16, n_test=16)
     else:
         ensure_demo_data(args.data, info_gap=True)
-    runs_file = args.out / "runs.jsonl"
-    rows = read_rows(runs_file) if runs_file.is_file() else []
-    done = {(r["name"], r["seed"]) for r in rows}
-    for seed in args.seeds:
-        for name in args.names:
-            if (name, seed) in done:
-                continue
-            row = run_one(name, seed, args.data, args.out, args.pretrain_steps, steps, preset, args.image_res, workers,
-                          args.keep_checkpoints)
-            with runs_file.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            rows.append(row)
-            r = row["result"]
-            print(f"{name:<22} seed {seed}  VE {r['ve_acc']:.1f}  VE e-v-c {r['ve_entail_vs_contra']:.1f}  "
-                  f"NLVR2 {r['nlvr_acc']:.1f}  {r['seconds']:.0f} s", flush=True)
+    rows = run_grid(
+        args.out / "runs.jsonl", args.seeds, args.names,
+        lambda name, seed: run_one(name, seed, args.data, args.out, args.pretrain_steps, steps, preset, args.image_res,
+                                   workers, args.keep_checkpoints),
+        lambda r: (f"VE {r['ve_acc']:.1f}  VE e-v-c {r['ve_entail_vs_contra']:.1f}  NLVR2 {r['nlvr_acc']:.1f}  "
+                   f"{r['seconds']:.0f} s"))
     summary = summarise(rows)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     (args.out / "summary.md").write_text(markdown(summary))

@@ -28,6 +28,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import matplotlib
@@ -152,6 +153,23 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def run_grid(runs_file: Path, seeds: list[int], names: list[str], run: Callable[[str, int], dict[str, Any]],
+             describe: Callable[[dict[str, Any]], str]) -> list[dict[str, Any]]:
+    """Every (seed, name) run not yet in ``runs_file``, each appended to it as it ends (an interrupted grid resumes)."""
+    rows = read_rows(runs_file) if runs_file.is_file() else []
+    done = {(r["name"], r["seed"]) for r in rows}
+    for seed in seeds:
+        for name in names:
+            if (name, seed) in done:
+                continue
+            row = run(name, seed)
+            with runs_file.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            rows.append(row)
+            print(f"{name:<22} seed {seed}  {describe(row['result'])}", flush=True)
+    return rows
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean/std per regularizer and, against the baseline, issue 19's three claims."""
     table: dict[str, dict[str, Any]] = {}
@@ -248,21 +266,11 @@ def main(argv: list[str] | None = None) -> int:
         ensure_demo_data(args.data, info_gap=True, n_train=32, n_val=16, n_test=16)
     else:
         ensure_demo_data(args.data, info_gap=True)
-    runs_file = args.out / "runs.jsonl"
-    rows = read_rows(runs_file) if runs_file.is_file() else []
-    done = {(r["name"], r["seed"]) for r in rows}
-    for seed in args.seeds:
-        for name in args.names:
-            if (name, seed) in done:
-                continue
-            row = run_one(name, seed, args.data, args.out, args.steps, preset, args.image_res, max_images, workers)
-            with runs_file.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            rows.append(row)
-            r = row["result"]
-            print(f"{name:<22} seed {seed}  R@1 {r['r1']:.1f}  pattern {r['probe_pattern']:.1f}  "
-                  f"material {r['text_probe_material']:.1f}  VE e-v-c {r['ve_entail_vs_contra']:.1f}  "
-                  f"{r['seconds']:.0f} s", flush=True)
+    rows = run_grid(
+        args.out / "runs.jsonl", args.seeds, args.names,
+        lambda name, seed: run_one(name, seed, args.data, args.out, args.steps, preset, args.image_res, max_images, workers),
+        lambda r: (f"R@1 {r['r1']:.1f}  pattern {r['probe_pattern']:.1f}  material {r['text_probe_material']:.1f}  "
+                   f"VE e-v-c {r['ve_entail_vs_contra']:.1f}  {r['seconds']:.0f} s"))
     finish(args.out, rows)
     return 0
 
