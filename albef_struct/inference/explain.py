@@ -44,8 +44,9 @@ def explanation_figure(image, explanation: Explanation, text: str, out: str | Pa
     panels = [("image", None), (f"whole text ({score})", explanation.text_map)]
     if explanation.mode == "itm":
         panels += [(token, explanation.token_maps[i]) for i, token in enumerate(explanation.tokens)]
-    rows = math.ceil(len(panels) / PANELS_PER_ROW)
-    fig, axes = plt.subplots(rows, PANELS_PER_ROW, figsize=(2.2 * PANELS_PER_ROW, 2.4 * rows), squeeze=False)
+    columns = min(PANELS_PER_ROW, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.6 * rows + 0.4), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (title, heatmap) in zip(axes.flat, panels):
