@@ -151,6 +151,17 @@ def test_karpathy_errors_name_file_record_and_field(tmp_path: Path) -> None:
     with pytest.raises(ConversionError, match=r"images\[0\], field 'filepath'.*--image-dir"):
         convert_karpathy(src, tmp_path / "out", dataset="coco")
 
+    not_objects = json.loads(json.dumps(COCO_KARPATHY))
+    not_objects["images"][2] = "COCO_val2014_000000000001.jpg"
+    src = _write_json(tmp_path / "strings.json", not_objects)
+    with pytest.raises(ConversionError, match=r"images\[2\]: found str 'COCO_val2014.*; expected an image object"):
+        convert_karpathy(src, tmp_path / "out")
+    not_objects = json.loads(json.dumps(COCO_KARPATHY))
+    not_objects["images"][0]["sentences"][0] = "a caption without its object"
+    src = _write_json(tmp_path / "strings.json", not_objects)
+    with pytest.raises(ConversionError, match=r"images\[0\].sentences\[0\]: found str .*expected \{'raw': caption\}"):
+        convert_karpathy(src, tmp_path / "out")
+
     src = tmp_path / "truncated.json"
     src.write_text('{"images": [\n  {"split": "train",\n')
     with pytest.raises(ConversionError, match=r"truncated\.json, line \d+, column \d+: invalid JSON"):

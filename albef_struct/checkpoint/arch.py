@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 
 from albef_struct.checkpoint.errors import CheckpointError
 from albef_struct.checkpoint.layout import Source, count_layers
 from albef_struct.tasks.registry import task_of
+
+if TYPE_CHECKING:
+    from albef_struct.models import ALBEFConfig
+
 
 def _tensor(state: Mapping[str, torch.Tensor], key: str, name: str) -> torch.Tensor:
     if key not in state:

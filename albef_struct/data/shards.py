@@ -23,7 +23,6 @@ skips the samples it had already yielded (read, not decoded) in the same order.
 
 from __future__ import annotations
 
-import io
 import json
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence

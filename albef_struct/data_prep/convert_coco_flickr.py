@@ -19,15 +19,14 @@ skipped and counted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from albef_struct.data_prep._io import (  # noqa: F401  (re-exported for the other converters' callers)
     ConversionError,
+    _show,
     field,
     iter_jsonl,
     load_json,
