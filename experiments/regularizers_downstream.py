@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from experiments.common import RunSpec, ensure_demo_data, experiment_arch, train_and_test
-from experiments.regularizers_full_model import REGULARIZERS, run_grid, shipped_structure
+from experiments.regularizers_full_model import REGULARIZERS, run_grid, seed_table, shipped_structure
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs/demo"
@@ -57,7 +57,7 @@ def pretrain(name: str, seed: int, data: Path, out: Path, steps: int, preset: st
 
 
 def overlay(run_dir: Path, seed: int, steps: int, init_from: Path, arch: dict[str, Any], data: dict[str, Any],
-            keep: str) -> Path:
+            stage: str) -> Path:
     """A config overlay for one fine-tuning stage: its length, folder, checkpoint, architecture and data."""
     values = {
         "seed_everything": seed,
@@ -68,7 +68,7 @@ def overlay(run_dir: Path, seed: int, steps: int, init_from: Path, arch: dict[st
                                                  "save_weights_only": True, "save_last": True, "save_top_k": 0,
                                                  "monitor": None}}]},
         "model": {"init_args": {"arch": arch, "init_from": str(init_from), "optim": {"freeze": ["visual_encoder"]},
-                                **({"distill": False} if keep != "ta" else {})}},
+                                **({"distill": False} if stage != "ta" else {})}},  # text assignment has no teacher option
         "data": {"init_args": {**data, "num_workers": 0}},
     }
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -134,17 +134,9 @@ def run_one(name: str, seed: int, data: Path, out: Path, pretrain_steps: int, st
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean/std per regularizer, the blind baselines, and each metric's gain over the baseline in its stds."""
-    table: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        entry = table.setdefault(row["name"], {"seeds": [], "values": {}})
-        entry["seeds"].append(row["seed"])
-        for metric in METRICS:
-            entry["values"].setdefault(metric, []).append(row["result"][metric])
+    table = seed_table(rows, METRICS)
     blind = {m: statistics.fmean(r["blind"][m] for r in rows if r["blind"].get(m) is not None) for m in METRICS
              if any(r["blind"].get(m) is not None for r in rows)}
-    for entry in table.values():
-        entry["metrics"] = {m: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0}
-                            for m, v in entry.pop("values").items()}
     base = table.get("none")
     gains = {}
     if base is not None and len(base["seeds"]) > 1:

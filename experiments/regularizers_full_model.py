@@ -28,7 +28,7 @@ import json
 import statistics
 import time
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import matplotlib
@@ -170,17 +170,24 @@ def run_grid(runs_file: Path, seeds: list[int], names: list[str], run: Callable[
     return rows
 
 
-def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean/std per regularizer and, against the baseline, issue 19's three claims."""
+def seed_table(rows: list[dict[str, Any]], metrics: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Per run name: its seeds and the mean/std over them of each result metric (``metrics``: these only)."""
     table: dict[str, dict[str, Any]] = {}
     for row in rows:
         entry = table.setdefault(row["name"], {"seeds": [], "metrics": {}})
         entry["seeds"].append(row["seed"])
         for metric, value in row["result"].items():
-            entry["metrics"].setdefault(metric, []).append(value)
+            if metrics is None or metric in metrics:
+                entry["metrics"].setdefault(metric, []).append(value)
     for entry in table.values():
         entry["metrics"] = {m: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0}
                             for m, v in entry["metrics"].items()}
+    return table
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean/std per regularizer and, against the baseline, issue 19's three claims."""
+    table = seed_table(rows)
     return {"table": table, "claims": claims(table)}
 
 

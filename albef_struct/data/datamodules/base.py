@@ -150,11 +150,12 @@ class ALBEFDataModule(pl.LightningDataModule):
             self._image_cache = ImageTokenCache.load(self.image_cache)
         return self._image_cache
 
-    def _build(self, name: str, factory) -> Any:
-        """Build dataset ``name`` once (setup may be called for several stages)."""
+    def _build(self, name: str, factory, image_cache: bool = True) -> Any:
+        """Build dataset ``name`` once (setup may be called for several stages); ``image_cache=False`` keeps it
+        reading images even when the run caches image tokens (e.g. for Grad-CAM, which runs the image encoder)."""
         if name not in self._datasets:
             ds = factory()
-            if self.image_cache is not None and hasattr(ds, "use_image_cache"):
+            if image_cache and self.image_cache is not None and hasattr(ds, "use_image_cache"):
                 ds.use_image_cache(self.loaded_image_cache, self.image_root)
             self._datasets[name] = ds
             report = getattr(ds, "skip_report", None)

@@ -26,10 +26,9 @@ class GroundingDataModule(RetrievalDataModule):
     def _setup_eval(self, split: str, file: str | None) -> None:
         if file is None:
             return
-        if split not in self._datasets:  # not through _build: Grad-CAM needs the images, never cached tokens
-            self._datasets[split] = GroundingEvalDataset(file, self.image_root, self.eval_image_transform(),
-                                                         self.max_words, **self.dataset_options())
-        self.eval_sets[split] = self._datasets[split]
+        self.eval_sets[split] = self._build(split, lambda: GroundingEvalDataset(
+            file, self.image_root, self.eval_image_transform(), self.max_words, **self.dataset_options()),
+            image_cache=False)  # Grad-CAM runs the image encoder: the images, never cached tokens
 
     def _eval_loaders(self, split: str) -> list[DataLoader]:
         if split not in self.eval_sets:
