@@ -18,7 +18,7 @@ from albef_struct.models.text import (
     apply_to_stacks,
     set_bert_attention,
 )
-from albef_struct.models.vision import VisionConfig, build_image_encoder, set_vit_attention
+from albef_struct.models.vision import VisionConfig, build_image_encoder, set_vit_attention, vit_tokens_from_block
 
 TEMP_MIN, TEMP_MAX = 0.001, 0.5
 
@@ -133,6 +133,9 @@ class ALBEF(nn.Module):
             self.vision_private_proj = nn.Linear(config.vision.width, config.embed_dim)
             self.text_private_proj = nn.Linear(config.text.hidden, config.embed_dim)
         self._init_bert_weights(config.text)
+        # what [B, T, width] image inputs are: None, the image encoder's output; k, the output of its
+        # first k blocks (a partial image cache; ImageTokenCache.attach sets it). Not saved with the weights.
+        self.cached_image_blocks: int | None = None
         self.set_attention(config.attention)
         self.set_grad_checkpointing(config.grad_checkpointing)
 
@@ -153,9 +156,15 @@ class ALBEF(nn.Module):
 
     # --- encoders --------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor) -> Encoded:
-        """``images`` ``[B, 3, H, W]``, or the frozen encoder's cached tokens ``[B, T, width]``
-        (``data.init_args.image_cache``), which are used as they are."""
-        embeds = images if images.dim() == 3 else self.visual_encoder(images)
+        """``images`` ``[B, 3, H, W]``, or cached tokens ``[B, T, width]`` (``data.init_args.image_cache``):
+        the encoder's output, used as it is, or with ``cached_image_blocks`` set the output of that many
+        blocks, which the remaining blocks then encode."""
+        if images.dim() != 3:
+            embeds = self.visual_encoder(images)
+        elif self.cached_image_blocks is None:
+            embeds = images
+        else:
+            embeds = vit_tokens_from_block(self.visual_encoder, images, self.cached_image_blocks)
         pooled = embeds[:, 0]
         feat = F.normalize(self.vision_proj(pooled), dim=-1) if self.config.projections else None
         return Encoded(embeds, feat, pooled)

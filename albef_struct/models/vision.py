@@ -20,6 +20,7 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from albef_struct.models.init_report import InitReport
 
@@ -94,6 +95,33 @@ def set_vit_attention(encoder: nn.Module, implementation: str) -> None:
     fused = _check_attention(implementation) == "sdpa"
     for block in encoder.blocks:
         block.attn.fused_attn = fused
+
+
+def vit_input_tokens(encoder: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
+    """The tokens entering the first block: patch embeddings with the prefix tokens and positions."""
+    tokens = encoder._pos_embed(encoder.patch_embed(images))
+    return encoder.norm_pre(encoder.patch_drop(tokens))
+
+
+def vit_tokens_from_block(encoder: VisionTransformer, tokens: torch.Tensor, start: int) -> torch.Tensor:
+    """Run blocks ``start, start + 1, ...`` and the final norm on ``tokens``, the output of block ``start - 1``
+    (of :func:`vit_input_tokens` for 0): ``vit_tokens_from_block(e, vit_input_tokens(e, x), 0)`` equals ``e(x)``."""
+    if not 0 <= start <= len(encoder.blocks):
+        raise ValueError(f"block {start} is outside the encoder's {len(encoder.blocks)} blocks")
+    recompute = encoder.grad_checkpointing and encoder.training and torch.is_grad_enabled()
+    for block in encoder.blocks[start:]:
+        tokens = checkpoint(block, tokens, use_reentrant=False) if recompute else block(tokens)
+    return encoder.norm(tokens)
+
+
+def vit_prefix_state(encoder: VisionTransformer, blocks: int) -> dict[str, torch.Tensor]:
+    """The weights that :func:`vit_input_tokens` and the first ``blocks`` blocks use."""
+    def used(name: str) -> bool:
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) < blocks
+        return not name.startswith(("norm.", "fc_norm.", "head.", "attn_pool."))
+
+    return {name: tensor for name, tensor in encoder.state_dict().items() if used(name)}
 
 
 def build_image_encoder(cfg: VisionConfig) -> VisionTransformer:

@@ -16,6 +16,9 @@ class ConfigValidator(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         validate_run(trainer, pl_module, trainer.datamodule, stage)
         self._cache_checked = False
+        cache = getattr(trainer.datamodule, "loaded_image_cache", None)
+        if cache is not None:  # before the optimizer is built: a partial cache freezes the blocks it stands for
+            cache.attach(pl_module)
 
     def _check_image_cache(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """A DataModule reading cached image tokens needs the frozen encoder they came from; checked once

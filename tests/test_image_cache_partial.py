@@ -1,0 +1,163 @@
+"""Partial image caches: the output of the first k ViT blocks, the remaining blocks still run and train."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from albef_struct.cli import main
+from albef_struct.data import VEDataModule
+from albef_struct.data.image_cache import ImageCacheError, ImageTokenCache, build_image_cache
+from albef_struct.models.vision import (VisionConfig, build_image_encoder, vit_input_tokens, vit_prefix_state,
+                                        vit_tokens_from_block)
+from albef_struct.tasks.ve import VEModule
+from tests.conftest import tiny_config
+
+FP16 = dict(atol=2e-2, rtol=2e-2)  # the cache stores float16 tokens
+DEEP = VisionConfig(img_size=32, patch_size=16, width=32, depth=3, heads=2)
+
+
+def ve_module(seed: int = 0) -> VEModule:
+    torch.manual_seed(seed)
+    return VEModule(arch=tiny_config(vision=DEEP), optim={"lr": 1e-3, "warmup_steps": 1})
+
+
+@pytest.mark.parametrize("vision", [DEEP, VisionConfig(timm_model="vit_small_patch14_dinov2", img_size=28,
+                                                       patch_size=14, width=384, depth=12, heads=6)],
+                         ids=["albef_vit", "timm_dinov2"])
+def test_running_the_blocks_from_any_split_point_equals_the_whole_encoder(vision):
+    torch.manual_seed(0)
+    encoder = build_image_encoder(vision).eval()
+    images = torch.randn(2, 3, vision.img_size, vision.img_size)
+    with torch.no_grad():
+        whole = encoder(images)
+        tokens = vit_input_tokens(encoder, images)
+        for start in range(len(encoder.blocks) + 1):
+            torch.testing.assert_close(vit_tokens_from_block(encoder, tokens, start), whole, atol=1e-5, rtol=1e-5)
+            if start < len(encoder.blocks):
+                tokens = encoder.blocks[start](tokens)
+    encoder.train().set_grad_checkpointing(True)  # recomputed blocks: the same values and gradients
+    tokens = vit_input_tokens(encoder, images).detach().requires_grad_()
+    recomputed = vit_tokens_from_block(encoder, tokens, 0)
+    recomputed.sum().backward()
+    encoder.set_grad_checkpointing(False)
+    plain_input = tokens.detach().clone().requires_grad_()
+    torch.testing.assert_close(recomputed, plain := vit_tokens_from_block(encoder, plain_input, 0))
+    plain.sum().backward()
+    torch.testing.assert_close(tokens.grad, plain_input.grad)
+    with pytest.raises(ValueError, match="outside the encoder's"):
+        vit_tokens_from_block(encoder, tokens, len(encoder.blocks) + 1)
+
+
+def test_the_prefix_state_holds_the_embeddings_and_first_blocks_only():
+    encoder = build_image_encoder(DEEP)
+    names = set(vit_prefix_state(encoder, 1))
+    assert {"cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.attn.qkv.weight"} <= names
+    assert not any(n.startswith(("blocks.1.", "blocks.2.", "norm.")) for n in names)
+    assert set(vit_prefix_state(encoder, 3)) == set(encoder.state_dict()) - {"norm.weight", "norm.bias"}
+
+
+@pytest.fixture(scope="module")
+def partial_cache(demo_dir, tmp_path_factory) -> tuple[Path, VEModule]:
+    module = ve_module().eval()
+    path = tmp_path_factory.mktemp("partial") / "tokens.pt"
+    build_image_cache(module.model.visual_encoder, demo_dir, 32, batch_size=16, progress=False,
+                      frozen_blocks=1).save(path)
+    return path, module
+
+
+def test_attached_partial_cache_gives_the_models_logits_and_freezes_only_what_it_stands_for(partial_cache, demo_dir):
+    path, module = partial_cache
+    cache = ImageTokenCache.load(path)
+    assert cache.frozen_blocks == 1 and cache.tokens.shape[1:] == (1 + 2 * 2, 32)
+    common = dict(train_file=str(demo_dir / "ve_train.json"), test_file=str(demo_dir / "ve_test.json"),
+                  image_root=str(demo_dir), image_res=32, eval_batch_size=8, num_workers=0)
+    cached, plain = VEDataModule(image_cache=str(path), **common), VEDataModule(**common)
+    for dm in (cached, plain):
+        dm.setup("test")
+    tokens_batch, image_batch = next(iter(cached.test_dataloader())), next(iter(plain.test_dataloader()))
+    with torch.no_grad():
+        from_images = module.logits(module.model, image_batch)
+        cache.attach(module)
+        from_tokens = module.logits(module.model, tokens_batch)
+    torch.testing.assert_close(from_tokens, from_images, **FP16)
+    trainable = {n for n, p in module.model.visual_encoder.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in module.model.visual_encoder.named_parameters()
+                         if n.startswith(("blocks.1.", "blocks.2.", "norm."))}
+    assert all(m.cached_image_blocks == 1 for m in module.modules() if hasattr(m, "cached_image_blocks"))
+
+
+def test_partial_cache_checks_only_the_weights_its_tokens_come_from(partial_cache):
+    path, module = partial_cache
+    cache = ImageTokenCache.load(path)
+    other_top = ve_module(seed=1)
+    prefix = vit_prefix_state(module.model.visual_encoder, 1)
+    other_top.model.visual_encoder.load_state_dict(prefix, strict=False)  # same embeddings and block 0
+    cache.check_encoder(other_top.model.visual_encoder, 32)  # trainable top blocks are fine
+    with pytest.raises(ImageCacheError, match="holds the output of its first 1 blocks, built with other"):
+        cache.check_encoder(ve_module(seed=2).model.visual_encoder, 32)
+    deep_cache = ImageTokenCache(list(cache.rows), cache.tokens, cache.fingerprint, 32, "deep.pt", frozen_blocks=2)
+    with pytest.raises(ImageCacheError, match="holds the output of 2 ViT blocks but the model's image encoder has 1"):
+        deep_cache.attach(VEModule(arch=tiny_config()))
+
+
+@pytest.mark.slow
+def test_cli_partial_cache_trains_the_top_blocks_and_keeps_the_prefix(demo_dir, tmp_path, capsys):
+    import pytorch_lightning as pl
+
+    source = ve_module()
+    ckpt = tmp_path / "source.ckpt"
+    torch.save({"state_dict": source.state_dict(), "hyper_parameters": dict(source.hparams),
+                "pytorch-lightning_version": pl.__version__}, ckpt)
+    cache = tmp_path / "tokens.pt"
+    assert main(["cache-images", "--ckpt", str(ckpt), "--images", str(demo_dir), "--out", str(cache),
+                 "--frozen-blocks", "1"]) == 0
+    assert "the output of its first 1 blocks" in capsys.readouterr().out
+    config = {
+        "seed_everything": 7,
+        "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 3, "num_sanity_val_steps": 0,
+                    "limit_val_batches": 0, "enable_progress_bar": False, "enable_model_summary": False,
+                    "default_root_dir": str(tmp_path / "run"),
+                    "callbacks": [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
+                                   "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True}}]},
+        "model": {"class_path": "albef_struct.tasks.ve.VEModule",
+                  "init_args": {"arch": tiny_config(vision=DEEP).to_dict(), "init_from": str(ckpt),
+                                "optim": {"lr": 1e-2, "warmup_steps": 1}}},
+        "data": {"class_path": "albef_struct.data.VEDataModule",
+                 "init_args": {"train_file": str(demo_dir / "ve_train.json"), "test_file": str(demo_dir / "ve_test.json"),
+                               "image_root": str(demo_dir), "image_cache": str(cache), "batch_size": 8,
+                               "eval_batch_size": 16, "num_workers": 0}},
+    }
+    path = tmp_path / "ve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["fit", "--config", str(path)]) == 0
+    trained = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    before = source.state_dict()
+    vit = "model.visual_encoder."
+    for name in vit_prefix_state(source.model.visual_encoder, 1):  # never run, frozen: bit for bit the same
+        assert torch.equal(trained[vit + name], before[vit + name]), name
+    for name in ("blocks.1.attn.qkv.weight", "blocks.2.mlp.fc1.weight", "norm.weight"):  # trained
+        assert not torch.allclose(trained[vit + name], before[vit + name]), name
+    assert main(["test", "--config", str(path), "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")]) == 0
+    other = ve_module(seed=3)  # a run from other image-encoder weights is refused before its first step
+    other_ckpt = tmp_path / "other.ckpt"
+    torch.save({"state_dict": other.state_dict(), "hyper_parameters": dict(other.hparams),
+                "pytorch-lightning_version": pl.__version__}, other_ckpt)
+    config["model"]["init_args"]["init_from"] = str(other_ckpt)
+    config["trainer"]["default_root_dir"] = str(tmp_path / "run2")
+    config["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(tmp_path / "ckpt2")
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ImageCacheError, match="first 1 blocks, built with other image-encoder weights"):
+        main(["fit", "--config", str(path)])
+    assert not (tmp_path / "ckpt2").exists()
+
+
+def test_a_cache_saved_before_partial_caches_existed_loads_as_a_whole_encoder_cache(partial_cache, tmp_path):
+    path, _ = partial_cache
+    payload = torch.load(path, weights_only=True)
+    del payload["frozen_blocks"]
+    torch.save(payload, tmp_path / "old.pt")
+    assert ImageTokenCache.load(tmp_path / "old.pt").frozen_blocks is None
