@@ -45,7 +45,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 # configs/demo/quick/ overlays: 56 px, DINOv2 frozen and its tokens cached once, short runs),
 # writing runs/demo_quick/<stage>/ and one table (runs/demo_quick/summary.json and .png).
 # `make demo-full`: the full recipes (about 76 minutes), writing runs/demo/<stage>/.
-QUICK_CACHE := data/demo/image_tokens_56.pt
+QUICK_CACHE := data/demo/image_tokens_56_blocks8.pt
 # DEMO_EXTRA: options appended to every albef-struct call and DEMO_DATA_ARGS to the data generator
 # (the test suite runs this target at a tiny size with them: tests/test_quick_demo.py)
 DEMO_EXTRA ?=
@@ -73,7 +73,7 @@ demo: $(STAMP) $(DINOV2)
 	$(call STAGE,1/8 demo data)
 	$(PY) -m albef_struct.data_prep.demo_data --out data/demo $(DEMO_DATA_ARGS)
 	$(call STAGE,2/8 DINOv2 tokens of every demo image)
-	$(CLI) cache-images --arch configs/model/small_arch.yaml --img-size 56 --images data/demo --out $(QUICK_CACHE)
+	$(CLI) cache-images --arch configs/model/small_arch.yaml --img-size 56 --frozen-blocks 8 --images data/demo --out $(QUICK_CACHE)
 	$(call STAGE,3/8 pretraining + zero-shot retrieval / classification / grounding)
 	$(CLI) fit --config configs/demo/pretrain_small.yaml $(call QUICK,pretrain)
 	$(CLI) test --config configs/demo/pretrain_small.yaml $(call QUICK,pretrain) --verbose false \
