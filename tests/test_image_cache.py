@@ -95,6 +95,25 @@ def test_missing_cache_image_or_root_is_named(cache_file, demo_dir, tmp_path):
                            image_cache=str(path), second_view=True)
 
 
+def cached_ve_run(tmp_path: Path, demo_dir: Path, init_from: Path, cache: Path, arch, optim: dict,
+                  max_steps: int = 2) -> dict:
+    """The config of a short SNLI-VE fit on cached image tokens, writing under ``tmp_path``."""
+    return {
+        "seed_everything": 7,
+        "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": max_steps, "num_sanity_val_steps": 0,
+                    "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": str(tmp_path / "run"),
+                    "callbacks": [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
+                                   "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True}}]},
+        "model": {"class_path": "albef_struct.tasks.ve.VEModule",
+                  "init_args": {"arch": arch.to_dict(), "init_from": str(init_from),
+                                "optim": {"warmup_steps": 1, **optim}}},
+        "data": {"class_path": "albef_struct.data.VEDataModule",
+                 "init_args": {"train_file": str(demo_dir / "ve_train.json"), "test_file": str(demo_dir / "ve_test.json"),
+                               "image_root": str(demo_dir), "image_cache": str(cache), "batch_size": 8,
+                               "eval_batch_size": 16, "num_workers": 0}},
+    }
+
+
 @pytest.mark.slow
 def test_cli_builds_the_cache_then_fits_and_tests_on_it_and_refuses_an_unfrozen_encoder(demo_dir, tmp_path, capsys):
     torch.manual_seed(0)  # the pretraining checkpoint whose (frozen) encoder the cache is built from
@@ -110,20 +129,7 @@ def test_cli_builds_the_cache_then_fits_and_tests_on_it_and_refuses_an_unfrozen_
     assert main(["cache-images", "--ckpt", str(ckpt), "--images", str(demo_dir), "--out", str(cache)]) == 0
     assert "64 images" in capsys.readouterr().out
 
-    config = {
-        "seed_everything": 7,
-        "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 2, "num_sanity_val_steps": 0,
-                    "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": str(tmp_path / "run"),
-                    "callbacks": [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
-                                   "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True}}]},
-        "model": {"class_path": "albef_struct.tasks.ve.VEModule",
-                  "init_args": {"arch": tiny_config().to_dict(), "init_from": str(ckpt),
-                                "optim": {"lr": 1e-4, "warmup_steps": 1, "freeze": ["visual_encoder"]}}},
-        "data": {"class_path": "albef_struct.data.VEDataModule",
-                 "init_args": {"train_file": str(demo_dir / "ve_train.json"), "test_file": str(demo_dir / "ve_test.json"),
-                               "image_root": str(demo_dir), "image_cache": str(cache), "batch_size": 8,
-                               "eval_batch_size": 16, "num_workers": 0}},
-    }
+    config = cached_ve_run(tmp_path, demo_dir, ckpt, cache, tiny_config(), {"lr": 1e-4, "freeze": ["visual_encoder"]})
     path = tmp_path / "ve.yaml"
     path.write_text(yaml.safe_dump(config))
     assert main(["fit", "--config", str(path)]) == 0

@@ -15,6 +15,7 @@ from albef_struct.models.vision import (VisionConfig, build_image_encoder, vit_i
                                         vit_tokens_from_block)
 from albef_struct.tasks.ve import VEModule
 from tests.conftest import tiny_config
+from tests.test_image_cache import cached_ve_run
 
 FP16 = dict(atol=2e-2, rtol=2e-2)  # the cache stores float16 tokens
 DEEP = VisionConfig(img_size=32, patch_size=16, width=32, depth=3, heads=2)
@@ -116,21 +117,8 @@ def test_cli_partial_cache_trains_the_top_blocks_and_keeps_the_prefix(demo_dir, 
     assert main(["cache-images", "--ckpt", str(ckpt), "--images", str(demo_dir), "--out", str(cache),
                  "--frozen-blocks", "1"]) == 0
     assert "the output of its first 1 blocks" in capsys.readouterr().out
-    config = {
-        "seed_everything": 7,
-        "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 3, "num_sanity_val_steps": 0,
-                    "limit_val_batches": 0, "enable_progress_bar": False, "enable_model_summary": False,
-                    "default_root_dir": str(tmp_path / "run"),
-                    "callbacks": [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
-                                   "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True}}]},
-        "model": {"class_path": "albef_struct.tasks.ve.VEModule",
-                  "init_args": {"arch": tiny_config(vision=DEEP).to_dict(), "init_from": str(ckpt),
-                                "optim": {"lr": 1e-2, "warmup_steps": 1}}},
-        "data": {"class_path": "albef_struct.data.VEDataModule",
-                 "init_args": {"train_file": str(demo_dir / "ve_train.json"), "test_file": str(demo_dir / "ve_test.json"),
-                               "image_root": str(demo_dir), "image_cache": str(cache), "batch_size": 8,
-                               "eval_batch_size": 16, "num_workers": 0}},
-    }
+    config = cached_ve_run(tmp_path, demo_dir, ckpt, cache, tiny_config(vision=DEEP), {"lr": 1e-2}, max_steps=3)
+    config["trainer"]["limit_val_batches"] = 0
     path = tmp_path / "ve.yaml"
     path.write_text(yaml.safe_dump(config))
     assert main(["fit", "--config", str(path)]) == 0
