@@ -42,7 +42,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # `make demo`: every stage in about 10 minutes on 2 cores (configs/demo/<stage>.yaml with the
-# configs/demo/quick/ overlays: 56 px, DINOv2 frozen and its tokens cached once, short runs),
+# configs/demo/quick/ overlays: 56 px, the output of DINOv2's first 8 blocks cached once, its last 4 trained, short runs),
 # writing runs/demo_quick/<stage>/ and one table (runs/demo_quick/summary.json and .png).
 # `make demo-full`: the full recipes (about 76 minutes), writing runs/demo/<stage>/.
 QUICK_CACHE := data/demo/image_tokens_56_blocks8.pt
