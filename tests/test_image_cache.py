@@ -48,14 +48,19 @@ def test_the_cache_holds_the_encoders_tokens_of_every_image(cache_file, demo_dir
         torch.testing.assert_close(cache.lookup(demo_dir / name, demo_dir), expected, **FP16)
 
 
-def test_batches_of_cached_tokens_give_the_models_logits_on_the_images(cache_file, demo_dir):
-    path, module = cache_file
+def first_test_batches(demo_dir: Path, cache: Path) -> tuple[dict, dict]:
+    """The first SNLI-VE test batch read through ``cache`` and the same batch read from the images."""
     common = dict(train_file=str(demo_dir / "ve_train.json"), test_file=str(demo_dir / "ve_test.json"),
                   image_root=str(demo_dir), image_res=32, eval_batch_size=8, num_workers=0)
-    cached, plain = VEDataModule(image_cache=str(path), **common), VEDataModule(**common)
+    cached, plain = VEDataModule(image_cache=str(cache), **common), VEDataModule(**common)
     for dm in (cached, plain):
         dm.setup("test")
-    tokens_batch, image_batch = next(iter(cached.test_dataloader())), next(iter(plain.test_dataloader()))
+    return next(iter(cached.test_dataloader())), next(iter(plain.test_dataloader()))
+
+
+def test_batches_of_cached_tokens_give_the_models_logits_on_the_images(cache_file, demo_dir):
+    path, module = cache_file
+    tokens_batch, image_batch = first_test_batches(demo_dir, path)
     assert tokens_batch["image"].shape == (8, 1 + 2 * 2, 32) and image_batch["image"].shape == (8, 3, 32, 32)
     with torch.no_grad():
         from_tokens = module.logits(module.model, tokens_batch)

@@ -9,13 +9,12 @@ import torch
 import yaml
 
 from albef_struct.cli import main
-from albef_struct.data import VEDataModule
 from albef_struct.data.image_cache import ImageCacheError, ImageTokenCache, build_image_cache
 from albef_struct.models.vision import (VisionConfig, build_image_encoder, vit_input_tokens, vit_prefix_state,
                                         vit_tokens_from_block)
 from albef_struct.tasks.ve import VEModule
 from tests.conftest import tiny_config
-from tests.test_image_cache import cached_ve_run
+from tests.test_image_cache import cached_ve_run, first_test_batches
 
 FP16 = dict(atol=2e-2, rtol=2e-2)  # the cache stores float16 tokens
 DEEP = VisionConfig(img_size=32, patch_size=16, width=32, depth=3, heads=2)
@@ -74,12 +73,7 @@ def test_attached_partial_cache_gives_the_models_logits_and_freezes_only_what_it
     path, module = partial_cache
     cache = ImageTokenCache.load(path)
     assert cache.frozen_blocks == 1 and cache.tokens.shape[1:] == (1 + 2 * 2, 32)
-    common = dict(train_file=str(demo_dir / "ve_train.json"), test_file=str(demo_dir / "ve_test.json"),
-                  image_root=str(demo_dir), image_res=32, eval_batch_size=8, num_workers=0)
-    cached, plain = VEDataModule(image_cache=str(path), **common), VEDataModule(**common)
-    for dm in (cached, plain):
-        dm.setup("test")
-    tokens_batch, image_batch = next(iter(cached.test_dataloader())), next(iter(plain.test_dataloader()))
+    tokens_batch, image_batch = first_test_batches(demo_dir, path)
     with torch.no_grad():
         from_images = module.logits(module.model, image_batch)
         cache.attach(module)
@@ -103,6 +97,13 @@ def test_partial_cache_checks_only_the_weights_its_tokens_come_from(partial_cach
     deep_cache = ImageTokenCache(list(cache.rows), cache.tokens, cache.fingerprint, 32, "deep.pt", frozen_blocks=2)
     with pytest.raises(ImageCacheError, match="holds the output of 2 ViT blocks but the model's image encoder has 1"):
         deep_cache.attach(VEModule(arch=tiny_config()))
+
+
+def test_more_frozen_blocks_than_the_encoder_has_is_refused_when_building(demo_dir, tmp_path):
+    encoder = ve_module().model.visual_encoder
+    for blocks in (4, -1):
+        with pytest.raises(ImageCacheError, match=f"--frozen-blocks {blocks}: the image encoder has 3 blocks"):
+            build_image_cache(encoder, demo_dir, 32, progress=False, frozen_blocks=blocks)
 
 
 @pytest.mark.slow
