@@ -148,4 +148,4 @@ def test_cli_builds_the_cache_then_fits_and_tests_on_it_and_refuses_an_unfrozen_
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ImageCacheError, match="add visual_encoder to model.init_args.optim.freeze"):
         main(["fit", "--config", str(path)])
-    assert not (tmp_path / "ckpt2").exists()  # refused before the first step
+    assert not list((tmp_path / "ckpt2").glob("*.ckpt"))  # refused before the first step: nothing saved

@@ -141,7 +141,7 @@ def test_cli_partial_cache_trains_the_top_blocks_and_keeps_the_prefix(demo_dir, 
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ImageCacheError, match="first 1 blocks, built with other image-encoder weights"):
         main(["fit", "--config", str(path)])
-    assert not (tmp_path / "ckpt2").exists()
+    assert not list((tmp_path / "ckpt2").glob("*.ckpt"))  # refused before a step: nothing saved
 
 
 def test_a_cache_saved_before_partial_caches_existed_loads_as_a_whole_encoder_cache(partial_cache, tmp_path):
@@ -150,3 +150,36 @@ def test_a_cache_saved_before_partial_caches_existed_loads_as_a_whole_encoder_ca
     del payload["frozen_blocks"]
     torch.save(payload, tmp_path / "old.pt")
     assert ImageTokenCache.load(tmp_path / "old.pt").frozen_blocks is None
+
+
+def test_a_trainer_built_by_hand_without_the_cli_callbacks_still_reads_a_partial_cache_right(partial_cache, demo_dir,
+                                                                                              tmp_path):
+    """The DataModule, not a CLI callback, attaches the cache: in ``setup`` it freezes the prefix and
+    says where the tokens enter, and before the first batch it refuses other image-encoder weights."""
+    import pytorch_lightning as pl
+
+    from albef_struct.data import VEDataModule
+
+    path, source = partial_cache
+
+    def fit(module: VEModule) -> None:
+        data = VEDataModule(train_file=str(demo_dir / "ve_train.json"), image_root=str(demo_dir), image_res=32,
+                            image_cache=str(path), batch_size=8, num_workers=0)
+        pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, callbacks=[],
+                   enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path).fit(module, data)
+
+    module = ve_module()
+    module.load_state_dict(source.state_dict())
+    before = {k: v.clone() for k, v in module.model.visual_encoder.state_dict().items()}
+    seen = []
+    block_1 = module.model.visual_encoder.blocks[1]
+    block_1.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0].shape))
+    fit(module)
+    assert seen and all(shape[1:] == (1 + 2 * 2, 32) for shape in seen)  # tokens entered after block 0
+    assert all(m.cached_image_blocks == 1 for m in module.modules() if hasattr(m, "cached_image_blocks"))
+    after = module.model.visual_encoder.state_dict()
+    for name in vit_prefix_state(module.model.visual_encoder, 1):
+        assert torch.equal(after[name], before[name]), name
+    assert not torch.equal(after["blocks.1.attn.qkv.weight"], before["blocks.1.attn.qkv.weight"])
+    with pytest.raises(ImageCacheError, match="first 1 blocks, built with other image-encoder weights"):
+        fit(ve_module(seed=2))

@@ -161,7 +161,28 @@ class ALBEFDataModule(pl.LightningDataModule):
             report = getattr(ds, "skip_report", None)
             if report is not None and report.total:
                 log.warning("%s set: %s", name, report.summary())
+        if image_cache and self.image_cache is not None and hasattr(self._datasets[name], "use_image_cache"):
+            self._attach_image_cache()
         return self._datasets[name]
+
+    def _attach_image_cache(self) -> None:
+        """Hand the cache to the trainer's model (nothing outside a trainer). Runs in ``setup``, before the
+        optimizer exists: a partial cache tells the model which block its tokens enter at and freezes the
+        blocks they stand for; the encoder's weights are checked before the first batch."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if module is not None:
+            self.loaded_image_cache.attach(module)
+            self._image_cache_checked = False
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Before the run's first batch, when ``--ckpt_path`` has restored the weights, refuse an image
+        encoder other than the one the cached tokens came from (see ``ImageTokenCache.check_encoder``)."""
+        if not getattr(self, "_image_cache_checked", True):
+            model = getattr(self.trainer.lightning_module, "model", None)
+            if model is not None:
+                self.loaded_image_cache.check_encoder(model.visual_encoder, model.config.vision.img_size)
+            self._image_cache_checked = True
+        return batch
 
     def _train_loader(self, dataset: Dataset, collate) -> DataLoader:
         if self.drop_last and len(dataset) < self.batch_size:
