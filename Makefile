@@ -46,6 +46,8 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 # writing runs/demo_quick/<stage>/ and one table (runs/demo_quick/summary.json and .png).
 # `make demo-full`: the full recipes (about 76 minutes), writing runs/demo/<stage>/.
 QUICK_CACHE := data/demo/image_tokens_56_blocks8.pt
+# the grounding images' own cache (its paths are relative to data/demo/grounding); make demo fine-tunes grounding on it
+QUICK_GROUNDING_CACHE := data/demo/grounding/image_tokens_56_blocks8.pt
 # DEMO_EXTRA: options appended to every albef-struct call and DEMO_DATA_ARGS to the data generator
 # (the test suite runs this target at a tiny size with them: tests/test_quick_demo.py)
 DEMO_EXTRA ?=
@@ -61,9 +63,9 @@ COLOUR_PROMPTS := "a {} circle" "a {} square" "a {} triangle" "a {} diamond" "a 
 CLASSIFY = $(CLI) classify --ckpt $(1) --images data/demo/classify/$(2)/test \
 	--few-shot-train data/demo/classify/$(2)/train --shots $(CLASSIFY_SHOTS) --templates $(3) \
 	--out $(4)/classify/$(2).json
-# Zero-shot grounding of referring expressions (data/demo/grounding): the box of each expression chosen among its
-# scene's object boxes by the ITC Grad-CAM of the pretrained model (configs/demo/grounding.yaml); GROUNDING_DATA_ARGS
-# go to the generator. $(1): the checkpoint, $(2): config overlays.
+# make demo-full's zero-shot grounding of referring expressions (data/demo/grounding): the box of each expression
+# chosen among its scene's object boxes by the ITC Grad-CAM of the pretrained model (configs/demo/grounding.yaml);
+# GROUNDING_DATA_ARGS go to the generator. $(1): the checkpoint, $(2): config overlays.
 GROUNDING_DATA_ARGS ?=
 GROUND = $(PY) -m albef_struct.data_prep.demo_grounding --out data/demo/grounding $(GROUNDING_DATA_ARGS) && \
 	$(CLI) test --config configs/demo/grounding.yaml $(2) --verbose false --data.init_args.image_cache null \
@@ -74,14 +76,19 @@ demo: $(STAMP) $(DINOV2)
 	$(PY) -m albef_struct.data_prep.demo_data --out data/demo $(DEMO_DATA_ARGS)
 	$(call STAGE,2/8 DINOv2 tokens of every demo image)
 	$(CLI) cache-images --arch configs/model/small_arch.yaml --img-size 56 --frozen-blocks 8 --images data/demo --out $(QUICK_CACHE)
-	$(call STAGE,3/8 pretraining + zero-shot retrieval / classification / grounding)
+	$(call STAGE,3/8 pretraining + zero-shot retrieval / classification + grounding fine-tuned)
 	$(CLI) fit --config configs/demo/pretrain_small.yaml $(call QUICK,pretrain)
 	$(CLI) test --config configs/demo/pretrain_small.yaml $(call QUICK,pretrain) --verbose false \
 		--ckpt_path runs/demo_quick/pretrain/checkpoints/last.ckpt
 	$(PY) -m albef_struct.data_prep.demo_classification --out data/demo/classify $(CLASSIFY_DATA_ARGS)
 	$(call CLASSIFY,runs/demo_quick/pretrain/checkpoints/last.ckpt,shape,$(SHAPE_PROMPTS),runs/demo_quick)
 	$(call CLASSIFY,runs/demo_quick/pretrain/checkpoints/last.ckpt,colour,$(COLOUR_PROMPTS),runs/demo_quick)
-	$(call GROUND,runs/demo_quick/pretrain/checkpoints/last.ckpt,$(call QUICK,grounding))
+	$(PY) -m albef_struct.data_prep.demo_grounding --out data/demo/grounding $(GROUNDING_DATA_ARGS)
+	$(CLI) cache-images --arch configs/model/small_arch.yaml --img-size 56 --frozen-blocks 8 --images data/demo/grounding \
+		--out $(QUICK_GROUNDING_CACHE)
+	$(CLI) fit --config configs/demo/grounding.yaml $(call QUICK,grounding)
+	$(CLI) test --config configs/demo/grounding.yaml $(call QUICK,grounding) --verbose false \
+		--data.init_args.image_cache null --model.init_args.init_from runs/demo_quick/grounding/checkpoints/last.ckpt
 	set -e; n=4; for task in $(DEMO_TASKS); do \
 		echo "[make demo $$(date +%T)] $$n/8 $$task"; n=$$((n+1)); \
 		$(CLI) fit --config configs/demo/$$task.yaml $(call QUICK,$$task); \

@@ -61,7 +61,7 @@ def test_each_row_is_judged_against_its_blind_baseline_and_drawn(tmp_path, capsy
     assert (vqa["blind"], vqa["above_chance"], vqa["above_blind"]) == (47.3, True, False)  # above chance, not blind
     assert rows[("NLVR2", "acc")]["above_blind"] is True
     assert rows[("SNLI-VE", "acc")]["above_blind"] is False and rows[("SNLI-VE", "acc")]["blind"] == 68.3
-    grounding = rows[("grounding (zero-shot)", "acc")]
+    grounding = rows[("grounding", "acc")]
     assert (grounding["chance"], grounding["blind"], grounding["above_blind"]) == (34.7, 36.0, True)  # the centre box
     retrieval = rows[("zero-shot retrieval", "itc_txt_r1")]
     assert retrieval["blind"] == retrieval["chance"] == 0.33  # nothing ranks images without them

@@ -40,7 +40,7 @@ def test_make_demo_runs_every_stage_and_writes_the_table(tmp_path):
         ["make", "-f", str(REPO / "Makefile"), "demo", "DEMO_EXTRA=--config smoke.yaml",
          "DEMO_DATA_ARGS=--image-size 64 --n-train 48 --n-val 16 --n-test 16",
          "CLASSIFY_DATA_ARGS=--image-size 32 --train 5 --test 2", "CLASSIFY_SHOTS=1 5",
-         "GROUNDING_DATA_ARGS=--train 2 --val 2 --test 6"],
+         "GROUNDING_DATA_ARGS=--train 8 --val 2 --test 6"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -56,7 +56,7 @@ def test_make_demo_runs_every_stage_and_writes_the_table(tmp_path):
         assert zero_shot["chance"] == pytest.approx(100 / classes) and 0 <= zero_shot["value"] <= 100
         assert f"{attribute}: 5-shot linear probe, mean of 3 seeds" in rows
     grounding = rows["top proposal by Grad-CAM, IoU >= 0.5 (blind: centre box)"]
-    assert grounding["stage"] == "grounding (zero-shot)" and 0 < grounding["chance"] < 100  # 2-4 proposals a scene
+    assert grounding["stage"] == "grounding" and 0 < grounding["chance"] < 100  # 2-4 proposals a scene
     print(done.stdout[-2000:], file=sys.stderr)
     check_inference_on_demo_checkpoints(tmp_path / "runs/demo_quick", tmp_path / "data/demo")
 

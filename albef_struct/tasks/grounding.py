@@ -41,7 +41,7 @@ IOU_HIT = 0.5
     optim=GROUNDING_OPTIM,
     training_loss="retrieval_losses",
     result_name="grounding_test",
-    title="grounding (zero-shot)",
+    title="grounding",
     summary=(SummaryMetric("acc", "top proposal by Grad-CAM, IoU >= 0.5 (blind: centre box)"),),
 )
 class GroundingModule(RetrievalModule):
