@@ -45,6 +45,18 @@ TINY_AB = ["plain", "fast", "fast_bf16", "fast_eager", "fast_ckpt", "fast_fused_
 SMALL_AB = ["plain", "fast", "fast_bf16", "fast_eager", "fast_ckpt"]
 
 
+AGAINST_PLAIN = ["plain", "fast", "fast_fused_adamw", "fast_ckpt",
+                 "plain_bf16", "fast_bf16", "fast_bf16_eager", "fast_bf16_eager_fused", "fast_bf16_ckpt"]
+
+
+def against_plain_plan(size: str = "small", warmup: int = 2, steps: int = 8) -> list[Row]:
+    """Issue 24's comparison: every variant in its own process and profiled (the profile runs after
+    the timed steps and the memory reading), the plain paths being the references. Eight timed steps:
+    with three, two runs of the same row on this shared 2-core machine differed by up to 20 %."""
+    cost = COST[size] + 3 * (warmup + steps)
+    return [step_row("pretrain", size, v, profile=True, warmup=warmup, steps=steps, cost=cost) for v in AGAINST_PLAIN]
+
+
 def full_plan(compile_small: bool = False) -> list[Row]:
     rows = [
         ab_row("small", SMALL_AB, rounds=2, flops=True, cost=100),

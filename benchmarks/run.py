@@ -1,6 +1,6 @@
 """Speed and memory benchmarks (``make bench``): training steps, fast paths, re-ranking, memory.
 
-    python -m benchmarks.run [--quick] [--out results/bench] [--threads N] [--budget S]
+    python -m benchmarks.run [--quick | --against-plain] [--out results/bench] [--threads N] [--budget S]
 
 Every configuration runs in a fresh subprocess (``benchmarks.worker``) so its peak
 memory (``ru_maxrss``) is its own. The peak matmul rate (fp32 and bf16 GEMMs) is
@@ -26,6 +26,7 @@ import torch
 
 from albef_struct.metrics.report import format_table, write_json
 from benchmarks import plan
+from benchmarks.against_plain import compare_to_plain, comparison_table
 from benchmarks.measure import gemm_peak
 from benchmarks.sizes import SIZES
 from benchmarks.worker import RESULT_PREFIX
@@ -42,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=0, help="seconds for the whole run (default 570, quick 240)")
     parser.add_argument("--compile-small", action="store_true",
                         help="also time torch.compile on the small configuration (minutes of compilation)")
+    parser.add_argument("--against-plain", action="store_true",
+                        help="only issue 24's comparison: each small pretraining variant, profiled, against the plain "
+                             "path of its precision (about 7 minutes; against_plain.json)")
     return parser.parse_args(argv)
 
 
@@ -219,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(threads)
     print(f"threads per worker: {why}; budget {budget:.0f} s; device: CPU ({platform.processor() or platform.machine()})")
     peaks_start = measure_peaks()
-    rows = plan.quick_plan() if args.quick else plan.full_plan(compile_small=args.compile_small)
+    if args.against_plain:
+        rows = plan.against_plain_plan()
+    else:
+        rows = plan.quick_plan() if args.quick else plan.full_plan(compile_small=args.compile_small)
     results: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     for row in rows:
@@ -252,6 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     if interleaved:  # format_table needs at least one row
         print_ab(interleaved)
     print_tables(steps, reranks, memory, skipped, peaks)
+    against_plain = compare_to_plain(steps)
+    if against_plain:
+        print("\nAgainst the plain path (the original's computation) of the same precision, separate processes;"
+              "\nmatmul % from each variant's profile; other s = the step's time outside matrix products")
+        print(format_table(*comparison_table(against_plain)))
 
     out = Path(args.out)
     environment = {
@@ -269,9 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out / "memory_vs_batch.json", {"environment": environment, "objective": "contrastive only (itm_weight=0, mlm_weight=0)", "rows": memory})
     profiles = [{k: r[k] for k in ("workload", "size", "variant", "batch", "median_step_s", "profile_top_ops")} for r in steps if r.get("profile_top_ops")]
     write_json(out / "profile.json", {"environment": environment, "profiles": profiles})
+    write_json(out / "against_plain.json", {"environment": environment, "rows": against_plain})
     write_json(out / "summary.json", {"environment": environment, "skipped": skipped,
                                       "errors": [{"row": label(r), "error": r["error"]} for r in results if "error" in r]})
-    print(f"\nJSON written to {out}/ (train_steps, interleaved, rerank, memory_vs_batch, profile, gemm_peak, summary); "
+    print(f"\nJSON written to {out}/ (train_steps, interleaved, rerank, memory_vs_batch, profile, against_plain, gemm_peak, summary); "
           f"total {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -36,3 +36,45 @@ def test_gpu_benchmark_runs_on_a_cpu_at_the_tiny_size(tmp_path):
     assert written["mfu"] == pytest.approx(written["achieved_tflops"] / written["matmul_peak_tflops_bf16"])
     assert written["rerank_texts"] == 30 and written["rerank_row"]["pairs"] == (6 + 30) * 3
     assert payload["peak_memory_mb"] > 0 and written["memory_kind"] == "peak RSS"
+
+
+def _step(variant: str, seconds: float, rss: float, matmul_pct: float | None = None) -> dict:
+    row = {"workload": "pretrain", "size": "small", "variant": variant, "median_step_s": seconds, "peak_rss_mb": rss}
+    if matmul_pct is not None:  # split over two matrix ops, plus an op that is not one
+        row["profile_top_ops"] = [{"op": "aten::mm", "self_cpu_pct": matmul_pct / 2},
+                                  {"op": "aten::addmm", "self_cpu_pct": matmul_pct / 2},
+                                  {"op": "aten::bernoulli_", "self_cpu_pct": 7.0}]
+    return row
+
+
+def test_each_variant_is_compared_with_the_plain_path_of_its_own_precision():
+    from benchmarks.against_plain import compare_to_plain
+
+    rows = [_step("plain", 3.0, 2000), _step("fast", 2.0, 1500, matmul_pct=60.0),
+            _step("plain_bf16", 2.0, 1800), _step("fast_bf16", 1.6, 1800, matmul_pct=50.0),
+            _step("fast_ckpt", 2.5, 1200)]
+    found = {e["variant"]: e for e in compare_to_plain(rows)}
+    assert found["fast"]["reference"] == "plain" and found["fast_bf16"]["reference"] == "plain_bf16"
+    assert found["fast"]["speedup"] == pytest.approx(1.5) and found["fast"]["memory_ratio"] == pytest.approx(0.75)
+    assert found["fast"]["meets_target"]  # 1.5x at 0.75x the memory
+    assert found["fast"]["matmul_s"] == pytest.approx(1.2)  # 60 % of 2.0 s
+    assert found["fast"]["other_s_allowed_at_target"] == pytest.approx(3.0 / 1.5 - 1.2)
+    bf16 = found["fast_bf16"]
+    assert bf16["speedup"] == pytest.approx(1.25) and bf16["memory_ratio"] == pytest.approx(1.0)
+    assert not bf16["meets_target"]
+    assert bf16["other_s"] == pytest.approx(0.8) and bf16["other_s_allowed_at_target"] == pytest.approx(2.0 / 1.5 - 0.8)
+    assert not found["fast_ckpt"]["meets_target"] and "matmul_share" not in found["fast_ckpt"]  # 1.2x, no profile
+    assert found["plain"]["speedup"] == 1.0
+    assert compare_to_plain([_step("fast_bf16", 1.0, 1000)]) == []  # no reference timed: no row
+
+
+def test_the_against_plain_plan_times_each_variant_and_its_reference_profiled():
+    from benchmarks.against_plain import reference_variant
+    from benchmarks.plan import against_plain_plan
+    from benchmarks.workloads import VARIANTS
+
+    rows = against_plain_plan()
+    names = [r["variant"] for r in rows]
+    assert set(names) <= set(VARIANTS) and all(r["profile"] and r["workload"] == "pretrain" for r in rows)
+    assert all(reference_variant(n) in names for n in names)
+    assert VARIANTS["fast_bf16_ckpt"].checkpointing and VARIANTS["fast_bf16_ckpt"].precision == "bf16"
