@@ -52,7 +52,10 @@ QUICK_GROUNDING_CACHE := data/demo/grounding/image_tokens_56_blocks8.pt
 # (the test suite runs this target at a tiny size with them: tests/test_quick_demo.py)
 DEMO_EXTRA ?=
 DEMO_DATA_ARGS ?=
-QUICK = --config configs/demo/quick/common.yaml --config configs/demo/quick/$(1).yaml $(DEMO_EXTRA)
+# bf16 autocast and eager attention where the CPU computes bf16 natively, else nothing (the configs' fp32):
+# albef_struct/lit/cpu_precision.py, asked once per make run; `make demo QUICK_PRECISION=` forces fp32
+QUICK_PRECISION = $(eval QUICK_PRECISION := $(shell $(PY) -m albef_struct.lit.cpu_precision))$(QUICK_PRECISION)
+QUICK = --config configs/demo/quick/common.yaml --config configs/demo/quick/$(1).yaml $(QUICK_PRECISION) $(DEMO_EXTRA)
 STAGE = @echo "[make demo $$(date +%T)] $(1)"
 # Zero-shot and k-shot classification of single-object images (data/demo/classify, ImageFolder trees)
 # by the pretrained model; prompts phrased as the demo captions are (colour: averaged over the shapes).
