@@ -77,18 +77,19 @@ GROUND = $(PY) -m albef_struct.data_prep.demo_grounding --out data/demo/groundin
 demo: $(STAMP) $(DINOV2)
 	$(call STAGE,1/8 demo data)
 	$(PY) -m albef_struct.data_prep.demo_data --out data/demo $(DEMO_DATA_ARGS)
-	$(call STAGE,2/8 DINOv2 tokens of every demo image)
-	$(CLI) cache-images --arch configs/model/small_arch.yaml --img-size 56 --frozen-blocks 8 --images data/demo --out $(QUICK_CACHE)
+	$(PY) -m albef_struct.data_prep.demo_classification --out data/demo/classify $(CLASSIFY_DATA_ARGS)
+	$(PY) -m albef_struct.data_prep.demo_grounding --out data/demo/grounding $(GROUNDING_DATA_ARGS)
+	$(call STAGE,2/8 DINOv2 tokens of the demo and grounding images)
+	$(CLI) cache-images --arch configs/model/small_arch.yaml --img-size 56 --frozen-blocks 8 --images data/demo \
+		--exclude classify --exclude grounding --out $(QUICK_CACHE)
+	$(CLI) cache-images --arch configs/model/small_arch.yaml --img-size 56 --frozen-blocks 8 --images data/demo/grounding \
+		--out $(QUICK_GROUNDING_CACHE)
 	$(call STAGE,3/8 pretraining + zero-shot retrieval / classification + grounding fine-tuned)
 	$(CLI) fit --config configs/demo/pretrain_small.yaml $(call QUICK,pretrain)
 	$(CLI) test --config configs/demo/pretrain_small.yaml $(call QUICK,pretrain) --verbose false \
 		--ckpt_path runs/demo_quick/pretrain/checkpoints/last.ckpt
-	$(PY) -m albef_struct.data_prep.demo_classification --out data/demo/classify $(CLASSIFY_DATA_ARGS)
 	$(call CLASSIFY,runs/demo_quick/pretrain/checkpoints/last.ckpt,shape,$(SHAPE_PROMPTS),runs/demo_quick)
 	$(call CLASSIFY,runs/demo_quick/pretrain/checkpoints/last.ckpt,colour,$(COLOUR_PROMPTS),runs/demo_quick)
-	$(PY) -m albef_struct.data_prep.demo_grounding --out data/demo/grounding $(GROUNDING_DATA_ARGS)
-	$(CLI) cache-images --arch configs/model/small_arch.yaml --img-size 56 --frozen-blocks 8 --images data/demo/grounding \
-		--out $(QUICK_GROUNDING_CACHE)
 	$(CLI) fit --config configs/demo/grounding.yaml $(call QUICK,grounding)
 	$(CLI) test --config configs/demo/grounding.yaml $(call QUICK,grounding) --verbose false \
 		--data.init_args.image_cache null --model.init_args.init_from runs/demo_quick/grounding/checkpoints/last.ckpt

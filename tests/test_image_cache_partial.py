@@ -183,3 +183,23 @@ def test_a_trainer_built_by_hand_without_the_cli_callbacks_still_reads_a_partial
     assert not torch.equal(after["blocks.1.attn.qkv.weight"], before["blocks.1.attn.qkv.weight"])
     with pytest.raises(ImageCacheError, match="first 1 blocks, built with other image-encoder weights"):
         fit(ve_module(seed=2))
+
+
+def test_subfolders_the_runs_do_not_read_can_be_left_out_of_a_cache(demo_dir, tmp_path):
+    """make demo keeps the classification and grounding sets under data/demo; its cache leaves them out."""
+    import shutil
+
+    from albef_struct.data.image_cache import image_files
+
+    sources = sorted(p for p in demo_dir.rglob("*.jpg"))[:3]
+    for folder, source in zip(("images", "other/set", "images/deeper"), sources):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, tmp_path / folder / "x.jpg")
+    assert image_files(tmp_path) == ["images/deeper/x.jpg", "images/x.jpg", "other/set/x.jpg"]
+    assert image_files(tmp_path, exclude=["other"]) == ["images/deeper/x.jpg", "images/x.jpg"]
+    assert image_files(tmp_path, exclude=["images/deeper/", "other/set"]) == ["images/x.jpg"]
+    with pytest.raises(ImageCacheError, match="--exclude imgs: .* is not a folder under"):
+        image_files(tmp_path, exclude=["imgs"])  # a typo is named, not silently ignored
+    cache = build_image_cache(ve_module().model.visual_encoder, tmp_path, 32, progress=False, frozen_blocks=1,
+                              exclude=["other"])
+    assert list(cache.rows) == ["images/deeper/x.jpg", "images/x.jpg"] and cache.tokens.shape[0] == 2

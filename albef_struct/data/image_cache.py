@@ -156,17 +156,23 @@ class ImageTokenCache:
                                   "model's weights, or remove data.init_args.image_cache")
 
 
-def image_files(root: str | os.PathLike) -> list[str]:
-    """Every image file under ``root``, relative to it, sorted."""
+def image_files(root: str | os.PathLike, exclude: Sequence[str] = ()) -> list[str]:
+    """Every image file under ``root``, relative to it, sorted, except those under the subfolders ``exclude``."""
     root = Path(root)
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    for folder in exclude:
+        if not (root / folder).is_dir():
+            raise ImageCacheError(f"--exclude {folder}: {root / folder} is not a folder under {root}")
+    skipped = tuple(Path(folder).as_posix().rstrip("/") + "/" for folder in exclude)
+    files = (p.relative_to(root).as_posix() for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(f for f in files if not f.startswith(skipped))
 
 
 @torch.inference_mode()
 def build_image_cache(encoder: nn.Module, image_root: str | os.PathLike, image_res: int,
-                      batch_size: int = 64, progress: bool = True, frozen_blocks: int | None = None) -> ImageTokenCache:
-    """Encode every image under ``image_root`` with ``encoder`` (evaluation transform, ``image_res`` px);
-    with ``frozen_blocks`` k, keep the output of its first k blocks instead of its output."""
+                      batch_size: int = 64, progress: bool = True, frozen_blocks: int | None = None,
+                      exclude: Sequence[str] = ()) -> ImageTokenCache:
+    """Encode every image under ``image_root`` (but its subfolders ``exclude``) with ``encoder`` (evaluation
+    transform, ``image_res`` px); with ``frozen_blocks`` k, keep the output of its first k blocks instead."""
     from albef_struct.data.images import load_image
     from albef_struct.data.transforms import test_transform
     from albef_struct.models.vision import vit_input_tokens
@@ -183,7 +189,7 @@ def build_image_cache(encoder: nn.Module, image_root: str | os.PathLike, image_r
             tokens = block(tokens)
         return tokens
 
-    paths = image_files(image_root)
+    paths = image_files(image_root, exclude)
     if not paths:
         raise ImageCacheError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {image_root}")
     transform, encoder = test_transform(image_res), encoder.eval()
@@ -214,9 +220,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--frozen-blocks", type=int, default=None, metavar="K",
                         help="keep the output of the ViT's first K blocks instead of its output: runs then train the "
                              "remaining blocks on them (default: the whole encoder is cached and must stay frozen)")
+    parser.add_argument("--exclude", action="append", default=[], metavar="DIR",
+                        help="a subfolder of --images whose images the runs do not read (repeatable), e.g. another "
+                             "dataset kept under the same root")
     args = parser.parse_args(argv)
     encoder, image_res = _encoder_from_ckpt(args.ckpt, args.img_size) if args.ckpt else _encoder_from_arch(args.arch, args.img_size)
-    cache = build_image_cache(encoder, args.images, image_res, args.batch_size, frozen_blocks=args.frozen_blocks)
+    cache = build_image_cache(encoder, args.images, image_res, args.batch_size, frozen_blocks=args.frozen_blocks,
+                              exclude=args.exclude)
     tokens: Any = cache.tokens
     print(f"wrote {cache.save(args.out)}: {len(cache)} images, tokens {tuple(tokens.shape[1:])} each "
           f"({cache.describe()}), encoder {cache.fingerprint[:12]}")
