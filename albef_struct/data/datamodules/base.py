@@ -105,6 +105,7 @@ class ALBEFDataModule(pl.LightningDataModule):
             raise ValueError("data.init_args.image_cache needs image_root: the cache is keyed by paths under it")
         self.image_cache = image_cache
         self._image_cache: Any = None
+        self._image_cache_checked = True  # False from attaching a cache to a model until its first batch
         self._tokenizer: ALBEFTokenizer | None = None
         self._datasets: dict[str, Any] = {}
 
@@ -153,17 +154,19 @@ class ALBEFDataModule(pl.LightningDataModule):
     def _build(self, name: str, factory, image_cache: bool = True) -> Any:
         """Build dataset ``name`` once (setup may be called for several stages); ``image_cache=False`` keeps it
         reading images even when the run caches image tokens (e.g. for Grad-CAM, which runs the image encoder)."""
-        if name not in self._datasets:
-            ds = factory()
-            if image_cache and self.image_cache is not None and hasattr(ds, "use_image_cache"):
+        built = name not in self._datasets
+        ds = factory() if built else self._datasets[name]
+        reads_cache = image_cache and self.image_cache is not None and hasattr(ds, "use_image_cache")
+        if built:
+            if reads_cache:
                 ds.use_image_cache(self.loaded_image_cache, self.image_root)
             self._datasets[name] = ds
             report = getattr(ds, "skip_report", None)
             if report is not None and report.total:
                 log.warning("%s set: %s", name, report.summary())
-        if image_cache and self.image_cache is not None and hasattr(self._datasets[name], "use_image_cache"):
+        if reads_cache:
             self._attach_image_cache()
-        return self._datasets[name]
+        return ds
 
     def _attach_image_cache(self) -> None:
         """Hand the cache to the trainer's model (nothing outside a trainer). Runs in ``setup``, before the
@@ -177,7 +180,7 @@ class ALBEFDataModule(pl.LightningDataModule):
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Before the run's first batch, when ``--ckpt_path`` has restored the weights, refuse an image
         encoder other than the one the cached tokens came from (see ``ImageTokenCache.check_encoder``)."""
-        if not getattr(self, "_image_cache_checked", True):
+        if not self._image_cache_checked:
             model = getattr(self.trainer.lightning_module, "model", None)
             if model is not None:
                 self.loaded_image_cache.check_encoder(model.visual_encoder, model.config.vision.img_size)
