@@ -49,7 +49,11 @@ def test_make_demo_runs_every_stage_and_writes_the_table(tmp_path):
     summary = json.loads((tmp_path / "runs/demo_quick/summary.json").read_text())
     assert summary and all(row["value"] is not None and row["blind"] is not None for row in summary)
     assert (tmp_path / "runs/demo_quick/summary.png").stat().st_size > 10_000
-    assert (tmp_path / "data/demo/image_tokens_56_blocks8.pt").is_file()
+    from albef_struct.data.image_cache import ImageTokenCache
+
+    cache = ImageTokenCache.load(tmp_path / "data/demo/image_tokens_56_blocks8.pt")
+    assert cache.frozen_blocks == 8 and not any(k.startswith(("classify/", "grounding/")) for k in cache.rows)
+    assert (tmp_path / "runs/demo_quick/grounding/checkpoints/last.ckpt").is_file()  # grounding was fine-tuned
     rows = {row["label"]: row for row in summary}
     for attribute, classes in (("shape", 6), ("colour", 8)):
         zero_shot = rows[f"{attribute}: zero-shot top-1 (prompts, pretrained model)"]
