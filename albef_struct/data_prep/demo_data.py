@@ -38,7 +38,7 @@ from albef_struct.data_prep import pair_statements as S
 from albef_struct.data_prep import vqa_questions as Q
 from albef_struct.data_prep.shapes import Scene, render_scene, sample_scene
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: count questions balance their answers per question type
 SPLITS = ("train", "val", "test")
 SAMPLING_ORDER = ("test", "val", "train")
 SPLIT_CODE = {"train": 1, "val": 2, "test": 3}
@@ -106,16 +106,18 @@ def build_captions(scenes: Sequence[Scene], rng: np.random.Generator) -> list[li
 def build_vqa(split: str, scenes: Sequence[Scene], rng: np.random.Generator
               ) -> tuple[list[dict], list[str], list[str]]:
     """VQA records (ALBEF format, 10 annotator answers), each question's type and its
-    canonical answer.  Yes/no questions alternate their intended answer (balanced)."""
+    canonical answer.  Yes/no questions alternate their intended answer and count questions
+    balance theirs per question type (:class:`~albef_struct.data_prep.vqa_questions.CountBalancer`)."""
     records, types, canonical = [], [], []
     n_yesno = 0
+    counts = Q.CountBalancer()
     for idx, scene in enumerate(scenes):
         qtypes = [Q.QUESTION_TYPES[int(i)] for i in
                   rng.choice(len(Q.QUESTION_TYPES), size=QUESTIONS_PER_IMAGE, replace=False)]
         for j, qtype in enumerate(qtypes):
             want_yes = n_yesno % 2 == 0
             n_yesno += qtype == "exist"
-            question, answer = Q.make_question(scene, qtype, rng, want_yes)
+            question, answer = Q.make_question(scene, qtype, rng, want_yes, counts)
             records.append({
                 "dataset": "vqa",
                 "image": image_rel(split, idx),

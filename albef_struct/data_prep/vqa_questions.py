@@ -43,19 +43,55 @@ def _shape_question(scene: Scene, rng: np.random.Generator) -> tuple[str, str]:
     return q.format(where(o)), o.shape
 
 
-def _count_question(scene: Scene, rng: np.random.Generator) -> tuple[str, str]:
-    u = rng.random()
-    if u < 0.2:
-        return pick(rng, ("how many objects are there?", "how many shapes are in the image?")), \
-            str(len(scene.objects))
-    if u < 0.35:
-        colour = pick(rng, sorted({o.colour for o in scene.objects}))
-        return f"how many {colour} objects are there?", str(colour_counts(scene)[colour])
-    present = sorted(shape_counts(scene))
-    shape = pick(rng, present) if rng.random() < 0.75 else pick(rng, SHAPES)
-    q = pick(rng, ("how many {} are there?", "how many {} are in the picture?",
-                   "what is the number of {}?"))
-    return q.format(plural(shape)), str(shape_counts(scene)[shape])
+#: how a count question picks its subject (the whole scene, a colour, a shape) and how often
+COUNT_KINDS = ("total", "colour", "shape")
+COUNT_KIND_P = (0.2, 0.15, 0.65)
+#: the answers each kind balances (a colour or shape seldom occurs 3 or 4 times in one scene)
+COUNT_BALANCED = {"total": range(1, 5), "colour": range(0, 3), "shape": range(0, 3)}
+
+
+class CountBalancer:
+    """Chooses each count question so that, within a question type (the whole scene, one colour,
+    one shape: what a blind model sees of the question), the answers stay as balanced as the
+    scenes allow. Left to chance, "how many circles" is mostly "1" and a question-type prior
+    scores 68 % on counts; balanced, it cannot do much better than a uniform guess."""
+
+    def __init__(self) -> None:
+        self.used: Counter = Counter()  # (kind, subject, answer) -> questions asked so far
+
+    def _deficit(self, kind: str, subject: str, answer: int) -> int:
+        """How many more times this answer was given for its question type than the rarest balanced answer."""
+        floor = min(self.used[kind, subject, a] for a in COUNT_BALANCED[kind])
+        return self.used[kind, subject, answer] - floor
+
+    def choose(self, scene: Scene, rng: np.random.Generator) -> tuple[str, str, int]:
+        """``(kind, subject, answer)``: the preferred kind (drawn by ``COUNT_KIND_P``) if one of its
+        questions has the rarest answer of its type in this scene, else the next kind that has one,
+        else the least over-used question."""
+        candidates = [("total", "", len(scene.objects))]
+        candidates += [("colour", c, colour_counts(scene)[c]) for c in COLOURS]
+        candidates += [("shape", s, shape_counts(scene)[s]) for s in SHAPES]
+        first = COUNT_KINDS[int(rng.choice(len(COUNT_KINDS), p=COUNT_KIND_P))]
+        order = [first] + [k for k in COUNT_KINDS if k != first]
+        deficits = [self._deficit(*c) for c in candidates]
+        best = min(deficits)
+        for kind in order:
+            pool = [c for c, d in zip(candidates, deficits) if c[0] == kind and d == best]
+            if pool:
+                choice = pool[int(rng.integers(len(pool)))]
+                self.used[choice] += 1
+                return choice
+        raise AssertionError("unreachable: some candidate has the smallest deficit")
+
+
+def _count_question(scene: Scene, rng: np.random.Generator, balancer: CountBalancer | None = None) -> tuple[str, str]:
+    kind, subject, answer = (balancer or CountBalancer()).choose(scene, rng)
+    if kind == "total":
+        return pick(rng, ("how many objects are there?", "how many shapes are in the image?")), str(answer)
+    if kind == "colour":
+        return f"how many {subject} objects are there?", str(answer)
+    q = pick(rng, ("how many {} are there?", "how many {} are in the picture?", "what is the number of {}?"))
+    return q.format(plural(subject)), str(answer)
 
 
 def _exist_question(scene: Scene, rng: np.random.Generator, want_yes: bool) -> tuple[str, str]:
@@ -77,14 +113,15 @@ def _size_question(scene: Scene, rng: np.random.Generator) -> tuple[str, str]:
 
 
 def make_question(scene: Scene, qtype: str, rng: np.random.Generator,
-                  want_yes: bool = True) -> tuple[str, str]:
-    """One question of type ``qtype`` with its unique canonical answer for ``scene``."""
+                  want_yes: bool = True, counts: CountBalancer | None = None) -> tuple[str, str]:
+    """One question of type ``qtype`` with its unique canonical answer for ``scene``; ``counts``
+    keeps the answers of a split's count questions balanced per question type."""
     if qtype == "color":
         return _colour_question(scene, rng)
     if qtype == "shape":
         return _shape_question(scene, rng)
     if qtype == "count":
-        return _count_question(scene, rng)
+        return _count_question(scene, rng, counts)
     if qtype == "exist":
         return _exist_question(scene, rng, want_yes)
     if qtype == "size":
