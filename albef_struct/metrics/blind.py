@@ -33,6 +33,12 @@ def question_type(question: str, words: int = QUESTION_TYPE_WORDS) -> str:
     return " ".join(_WORD.findall(question.lower())[:words])
 
 
+def _top(scores: Counter) -> str:
+    """The best-scoring answer; a tie goes to the alphabetically first (``most_common`` would keep insertion
+    order, which followed set iteration and so changed with the interpreter's string hashing)."""
+    return min(scores.items(), key=lambda item: (-item[1], item[0]))[0]
+
+
 def vqa_question_type_prior(
     train: Sequence[tuple[str, Sequence[str]]], test: Sequence[tuple[str, Sequence[str]]]
 ) -> tuple[float, dict[str, str]]:
@@ -40,7 +46,8 @@ def vqa_question_type_prior(
 
     ``train`` and ``test`` hold ``(question type, annotator answers)``. For each type the
     answer with the highest summed VQA accuracy over its training questions is chosen; a
-    test type never seen in training gets the best answer overall. Returns the accuracy
+    test type never seen in training gets the best answer overall; ties go to the alphabetically
+    first answer, so the baseline is the same in every process. Returns the accuracy
     and the chosen answer per type.
     """
     if not train or not test:
@@ -48,12 +55,12 @@ def vqa_question_type_prior(
     scores: dict[str, Counter] = defaultdict(Counter)
     overall: Counter = Counter()
     for qtype, answers in train:
-        for candidate in {normalize_answer(a) for a in answers}:
+        for candidate in sorted({normalize_answer(a) for a in answers}):  # sorted: float sums in a fixed order
             score = vqa_accuracy(candidate, answers)
             scores[qtype][candidate] += score
             overall[candidate] += score
-    best = {qtype: counter.most_common(1)[0][0] for qtype, counter in scores.items()}
-    fallback = overall.most_common(1)[0][0]
+    best = {qtype: _top(counter) for qtype, counter in scores.items()}
+    fallback = _top(overall)
     total = sum(vqa_accuracy(best.get(qtype, fallback), answers) for qtype, answers in test)
     return total / len(test), best
 
