@@ -13,7 +13,11 @@ linear probe (``albef_struct.metrics.probe``, logistic regression) on the traini
 Each is scored on the 3-way labels and on entailment vs contradiction alone (the part that needs
 the image; a hypothesis-only model is at 50 % there when the two are balanced). A probe well above
 the fine-tuned model says the information is in the checkpoint and the fine-tuning recipe loses it.
-Prints a table and writes ``--out`` (JSON).
+
+Without any fitting, it also asks how well the pretraining's own image-text scores, the ITC cosine
+similarity and the ITM "match" logit, rank each held-out entailed hypothesis above the contradicted
+ones: the AUC over entailment/contradiction pairs, per kind of demo hypothesis (a count, a colour,
+"there is a red circle", ...; :func:`hypothesis_kind`). Prints both tables and writes ``--out`` (JSON).
 """
 
 from __future__ import annotations
@@ -21,17 +25,21 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
+import re
 from pathlib import Path
 
 import torch
+from torchmetrics.functional.classification import binary_auroc
 
 from albef_struct.data import VEDataModule
 from albef_struct.lit import PretrainModule
 from albef_struct.metrics.probe import linear_probe_accuracy
 from albef_struct.models import ALBEF
+from albef_struct.data_prep.shapes import COLOURS
 from albef_struct.tasks.ve import VE_LABELS
 
 FEATURE_SETS = ("fused_cls", "itc", "text_only")
+ZERO_SHOT_SCORES = ("itc_similarity", "itm_logit")
 ENTAILMENT, CONTRADICTION = VE_LABELS.index("entailment"), VE_LABELS.index("contradiction")
 
 
@@ -39,14 +47,19 @@ ENTAILMENT, CONTRADICTION = VE_LABELS.index("entailment"), VE_LABELS.index("cont
 def pair_features(model: ALBEF, loader) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """``{feature set: [N, D]}`` and the labels ``[N]`` of every pair ``loader`` yields."""
     model.eval()
-    parts: dict[str, list[torch.Tensor]] = {name: [] for name in FEATURE_SETS}
+    names = FEATURE_SETS + (ZERO_SHOT_SCORES if model.config.itm_head else ())
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     labels = []
     for batch in loader:
         image = model.encode_image(batch["image"])
         text = model.encode_text(batch["input_ids"], batch["attention_mask"])
-        parts["fused_cls"].append(model.fuse(text.embeds, batch["attention_mask"], image.embeds)[:, 0])
+        fused = model.fuse(text.embeds, batch["attention_mask"], image.embeds)
+        parts["fused_cls"].append(fused[:, 0])
         parts["itc"].append(torch.cat([image.feat, text.feat], dim=-1))
         parts["text_only"].append(text.feat)
+        if model.config.itm_head:
+            parts["itc_similarity"].append((image.feat * text.feat).sum(dim=-1))
+            parts["itm_logit"].append(model.itm_logits(fused)[:, 1])
         labels.append(batch["label"])
     return {name: torch.cat(chunks) for name, chunks in parts.items()}, torch.cat(labels)
 
@@ -71,6 +84,47 @@ def probe_table(
             train_x[name][train_mask], train_y[train_mask], eval_x[name][eval_mask], eval_y[eval_mask]
         )
         table[name] = {"acc": 100.0 * three_way, "acc_entail_vs_contra": 100.0 * image_part}
+    return table
+
+
+_RELATION = re.compile(r" is (to the left of|left of|to the right of|right of|above|below) ")
+_POSITION = re.compile(r"^there is an? .+ in the (top|middle|bottom|center|left|right)")
+
+
+def hypothesis_kind(sentence: str) -> str:
+    """Which kind of demo-data hypothesis ``sentence`` is (``albef_struct.data_prep.pair_statements``):
+    count, absent, relation, position, exists, size, colour, or "other" (e.g. a neutral one)."""
+    text = sentence.lower().strip().rstrip(".")
+    if text.startswith("the picture shows "):
+        return "count"
+    if text.startswith("there are no "):
+        return "absent"
+    if _RELATION.search(text):
+        return "relation"
+    if _POSITION.match(text):
+        return "position"
+    if text.startswith(("there is ", "the image contains ")) or text.endswith(" is visible"):
+        return "exists"
+    if text.endswith((" is small", " is large")):
+        return "size"
+    if any(text.endswith(f" is {colour}") for colour in COLOURS):
+        return "colour"
+    return "other"
+
+
+def zero_shot_auc(scores: dict[str, torch.Tensor], labels: torch.Tensor, kinds: list[str]) -> dict[str, dict]:
+    """Per hypothesis kind (and "all"): the entailment/contradiction pairs and, for each zero-shot
+    score, the AUC of ranking entailed above contradicted hypotheses (0.5: no better than a coin;
+    kinds with only one of the two classes are left out)."""
+    mask = needs_image(labels)
+    entailed = labels == ENTAILMENT
+    groups = {"all": mask} | {kind: mask & torch.tensor([k == kind for k in kinds]) for kind in sorted(set(kinds))}
+    table = {}
+    for kind, rows in groups.items():
+        if entailed[rows].all() or not entailed[rows].any():
+            continue
+        table[kind] = {"pairs": int(rows.sum())} | {
+            name: float(binary_auroc(score[rows].float(), entailed[rows].long())) for name, score in scores.items()}
     return table
 
 
@@ -128,6 +182,15 @@ def run(model: ALBEF, args: argparse.Namespace) -> dict:
     for name, row in table.items():
         print(f"{name:<12} {row['acc']:>7.1f} {row['acc_entail_vs_contra']:>17.1f}")
     result = {"ckpt": args.ckpt, "train": args.train, "eval": args.eval, "pairs": pairs, "probes": table}
+    scores = {name: held_out[0][name] for name in ZERO_SHOT_SCORES if name in held_out[0]}
+    if scores:
+        sentences = [record["sentence"] for record in json.loads(Path(args.eval).read_text(encoding="utf-8"))]
+        aucs = zero_shot_auc(scores, held_out[1], [hypothesis_kind(s) for s in sentences])
+        print(f"zero-shot AUC, entailed above contradicted ({args.eval})")
+        print(f"{'kind':<10} {'pairs':>6} " + " ".join(f"{name:>15}" for name in scores))
+        for kind, row in aucs.items():
+            print(f"{kind:<10} {row['pairs']:>6} " + " ".join(f"{row[name]:>15.3f}" for name in scores))
+        result["zero_shot_auc"] = aucs
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     return result

@@ -66,7 +66,57 @@ def test_run_probes_a_model_on_ve_files_and_writes_the_table(demo_dir, tmp_path,
         assert 0.0 <= row["acc"] <= 100.0 and 0.0 <= row["acc_entail_vs_contra"] <= 100.0
     printed = capsys.readouterr().out
     assert "fused_cls" in printed and "entail vs contra" in printed
+    # the zero-shot table: every entailment/contradiction pair of the eval file counted once under "all"
+    records = json.loads((demo_dir / "ve_dev.json").read_text())
+    aucs = written["zero_shot_auc"]
+    assert aucs["all"]["pairs"] == sum(r["label"] != "neutral" for r in records)
+    assert sum(row["pairs"] for kind, row in aucs.items() if kind != "all") <= aucs["all"]["pairs"]
+    for row in aucs.values():
+        assert 0.0 <= row["itc_similarity"] <= 1.0 and 0.0 <= row["itm_logit"] <= 1.0
+    assert "zero-shot AUC" in printed
 
+
+
+def test_hypothesis_kind_names_every_template_of_the_demo_generator():
+    import numpy as np
+
+    from albef_struct.data_prep import pair_statements as S
+    from albef_struct.data_prep.shapes import sample_scene
+    from experiments.ve_feature_probe import hypothesis_kind
+
+    expected = {S._ve_exists: "exists", S._ve_colour: "colour", S._ve_count: "count", S._ve_position: "position",
+                S._ve_size: "size", S._ve_absent: "absent", S._ve_relation: "relation"}
+    assert set(expected) == set(S.VE_CHECKABLE)
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(300):
+        scene = sample_scene(rng)
+        for template, kind in expected.items():
+            for true in (True, False):
+                sentence = template(scene, rng, true)
+                if sentence is not None:
+                    assert hypothesis_kind(sentence) == kind, sentence
+                    seen.add(kind)
+        assert hypothesis_kind(S.make_hypothesis(scene, "neutral", rng)) == "other"
+    assert seen == set(expected.values())
+
+
+def test_zero_shot_auc_ranks_entailed_above_contradicted_per_kind():
+    from experiments.ve_feature_probe import zero_shot_auc
+
+    E, C = ENTAILMENT, CONTRADICTION
+    labels = torch.tensor([E, C, E, C, NEUTRAL, E, C, E])
+    kinds = ["count", "count", "colour", "colour", "other", "size", "size", "exists"]
+    scores = {"right": torch.tensor([0.9, 0.1, 0.8, 0.2, 5.0, 0.7, 0.3, 0.6]),
+              "reversed": torch.tensor([0.1, 0.9, 0.2, 0.8, 5.0, 0.3, 0.7, 0.4])}
+    table = zero_shot_auc(scores, labels, kinds)
+    assert set(table) == {"all", "count", "colour", "size"}  # "exists" has no contradiction, "other" is neutral
+    assert table["all"]["pairs"] == 7 and table["count"]["pairs"] == 2
+    for kind in ("all", "count", "colour", "size"):
+        assert table[kind]["right"] == pytest.approx(1.0)
+        assert table[kind]["reversed"] == pytest.approx(0.0)
+    tied = zero_shot_auc({"flat": torch.zeros(8)}, labels, kinds)
+    assert tied["all"]["flat"] == pytest.approx(0.5)
 
 
 def test_fused_cls_is_the_vector_the_ve_head_classifies(demo_dir, tmp_path):
