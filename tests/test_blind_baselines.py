@@ -43,7 +43,7 @@ def test_the_prior_breaks_ties_the_same_way_in_every_process():
     script = ("from albef_struct.metrics.blind import vqa_question_type_prior as p; "
               f"print(p({mixed!r}, {test!r}))")
     outputs = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                              env={"PYTHONHASHSEED": str(seed)}).stdout for seed in range(6)}
+                              env={"PYTHONHASHSEED": str(seed)}).stdout for seed in range(3)}
     assert len(outputs) == 1 and "'large'" in outputs.pop()
 
 
