@@ -42,8 +42,9 @@ def test_the_prior_breaks_ties_the_same_way_in_every_process():
     mixed = [("is the circle", ["small"] * 6 + ["large"] * 4), ("is the circle", ["large"] * 6 + ["small"] * 4)]
     script = ("from albef_struct.metrics.blind import vqa_question_type_prior as p; "
               f"print(p({mixed!r}, {test!r}))")
+    # hash seeds 0 and 1 iterate {"small", "large"} in opposite orders
     outputs = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                              env={"PYTHONHASHSEED": str(seed)}).stdout for seed in range(3)}
+                              env={"PYTHONHASHSEED": str(seed)}).stdout for seed in (0, 1)}
     assert len(outputs) == 1 and "'large'" in outputs.pop()
 
 
