@@ -65,9 +65,9 @@ class CountBalancer:
         return self.used[kind, subject, answer] - floor
 
     def choose(self, scene: Scene, rng: np.random.Generator) -> tuple[str, str, int]:
-        """``(kind, subject, answer)``: the preferred kind (drawn by ``COUNT_KIND_P``) if one of its
-        questions has the rarest answer of its type in this scene, else the next kind that has one,
-        else the least over-used question."""
+        """``(kind, subject, answer)``: among this scene's count questions, one whose answer is the least
+        over-used for its question type (:meth:`_deficit`), of the kind drawn by ``COUNT_KIND_P`` when
+        that kind has one, else of the next kind in ``COUNT_KINDS`` order that has one."""
         candidates = [("total", "", len(scene.objects))]
         candidates += [("colour", c, colour_counts(scene)[c]) for c in COLOURS]
         candidates += [("shape", s, shape_counts(scene)[s]) for s in SHAPES]

@@ -55,7 +55,7 @@ def vqa_question_type_prior(
     scores: dict[str, Counter] = defaultdict(Counter)
     overall: Counter = Counter()
     for qtype, answers in train:
-        for candidate in sorted({normalize_answer(a) for a in answers}):  # sorted: float sums in a fixed order
+        for candidate in {normalize_answer(a) for a in answers}:
             score = vqa_accuracy(candidate, answers)
             scores[qtype][candidate] += score
             overall[candidate] += score
