@@ -185,6 +185,9 @@ def run(model: ALBEF, args: argparse.Namespace) -> dict:
     scores = {name: held_out[0][name] for name in ZERO_SHOT_SCORES if name in held_out[0]}
     if scores:
         sentences = [record["sentence"] for record in json.loads(Path(args.eval).read_text(encoding="utf-8"))]
+        if len(sentences) != len(held_out[1]):  # the kinds are read from the file in order: nothing may be skipped
+            raise ValueError(f"{args.eval} holds {len(sentences)} hypotheses but the loader gave {len(held_out[1])} "
+                             "pairs; fix or remove the records it skipped")
         aucs = zero_shot_auc(scores, held_out[1], [hypothesis_kind(s) for s in sentences])
         print(f"zero-shot AUC, entailed above contradicted ({args.eval})")
         print(f"{'kind':<10} {'pairs':>6} " + " ".join(f"{name:>15}" for name in scores))
