@@ -74,14 +74,12 @@ class CountBalancer:
         first = COUNT_KINDS[int(rng.choice(len(COUNT_KINDS), p=COUNT_KIND_P))]
         order = [first] + [k for k in COUNT_KINDS if k != first]
         deficits = [self._deficit(*c) for c in candidates]
-        best = min(deficits)
-        for kind in order:
-            pool = [c for c, d in zip(candidates, deficits) if c[0] == kind and d == best]
-            if pool:
-                choice = pool[int(rng.integers(len(pool)))]
-                self.used[choice] += 1
-                return choice
-        raise AssertionError("unreachable: some candidate has the smallest deficit")
+        rarest = [c for c, d in zip(candidates, deficits) if d == min(deficits)]
+        kind = next(k for k in order if any(c[0] == k for c in rarest))
+        pool = [c for c in rarest if c[0] == kind]
+        choice = pool[int(rng.integers(len(pool)))]
+        self.used[choice] += 1
+        return choice
 
 
 def _count_question(scene: Scene, rng: np.random.Generator, balancer: CountBalancer | None = None) -> tuple[str, str]:
