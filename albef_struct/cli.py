@@ -135,6 +135,8 @@ class ALBEFCLI(LightningCLI):
       unless ``trainer.callbacks`` lists one already.
     * ``AtomicCheckpointIO`` as the checkpoint plugin (atomic writes, weights-only
       loading), unless ``trainer.plugins`` sets another ``CheckpointIO``.
+    * ``trainer.strategy: fsdp`` means :class:`~albef_struct.lit.sharding.FullyShardedStrategy`
+      (FSDP2, one unit per transformer block, CPU or GPU), not Lightning's FSDP1 ``FSDPStrategy``.
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -159,6 +161,10 @@ class ALBEFCLI(LightningCLI):
         extra = [cb for cb in callbacks if not (isinstance(cb, guard) and listed(guard))]
         defaults = [getattr(reliability, name) for name in DEFAULT_CALLBACKS]
         extra += [cls() for cls in defaults if not listed(cls)]
+        if config.get("strategy") == "fsdp":  # Lightning's FSDP1 strategy refuses CPUs and has no ALBEF wrapping
+            from albef_struct.lit.sharding import FullyShardedStrategy
+
+            config = {**config, "strategy": FullyShardedStrategy()}
         trainer = super()._instantiate_trainer(config, extra)
         reliability.install_atomic_checkpoint_io(trainer)
         return trainer

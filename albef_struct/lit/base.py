@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from albef_struct.lit import sharding
 from albef_struct.lit.reliability.nonfinite_guard import observe_losses
 from albef_struct.lit.reliability.state_shapes import check_state_shapes
 from albef_struct.lit.schedule import OptimConfig, WarmupCosine, ramped_alpha
@@ -111,8 +112,14 @@ class ALBEFLitBase(pl.LightningModule):
     def configure_model(self) -> None:
         """Apply ``optim.freeze`` here, before the strategy wraps the model: DDP records which
         parameters need gradients when it is built, so freezing later would leave it waiting
-        for gradients that never come."""
+        for gradients that never come.
+
+        Under :class:`~albef_struct.lit.sharding.FullyShardedStrategy` (any strategy that gives the
+        module a device mesh), the model and its teacher are then sharded over the data-parallel ranks.
+        """
         freeze_parameters(self.named_parameters(), self.optim.freeze)
+        if self.device_mesh is not None and not sharding.is_sharded(self.model):  # fit then test: shard once
+            sharding.shard_module(self, sharding.data_parallel_mesh(self.device_mesh))
 
     def configure_optimizers(self):
         groups = decay_groups(self.named_parameters(), self.optim.weight_decay, self.no_decay_prefixes,

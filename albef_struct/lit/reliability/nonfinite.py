@@ -11,17 +11,49 @@ import torch
 __all__ = ["finite_flags", "nonfinite_kind", "nonfinite_tensors", "nonfinite_terms"]
 
 
+def _is_sharded(tensor: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+def _any_rank(flags: torch.Tensor) -> torch.Tensor:
+    """Boolean flags true where they are true on any rank (every rank calls this, as it checks its shards)."""
+    import torch.distributed as dist
+
+    counts = flags.to(torch.float32)
+    dist.all_reduce(counts, op=dist.ReduceOp.MAX)
+    return counts > 0
+
+
 def nonfinite_kind(tensor: torch.Tensor) -> str:
-    """``"NaN"`` or ``"Inf"`` for a tensor known to hold a non-finite value."""
+    """``"NaN"`` or ``"Inf"`` for a tensor known to hold a non-finite value (a sharded one: on any rank)."""
+    if _is_sharded(tensor):
+        return "NaN" if bool(_any_rank(torch.isnan(tensor.to_local()).any())) else "Inf"
     return "NaN" if bool(torch.isnan(tensor).any()) else "Inf"
 
 
+def _sharded_flags(shards: list[torch.Tensor]) -> list[bool]:
+    """Finite flags of sharded (FSDP) tensors: each rank checks its own shards and the ranks agree."""
+    bad = [~torch.isfinite(s).all() if s.numel() else torch.zeros((), dtype=torch.bool, device=s.device) for s in shards]
+    return (~_any_rank(torch.stack(bad))).tolist()
+
+
 def finite_flags(tensors: list[torch.Tensor]) -> list[bool]:
-    """Whether each (non-empty, floating) tensor is all finite; one reduction per device and dtype."""
+    """Whether each (non-empty, floating) tensor is all finite; one reduction per device and dtype.
+
+    Sharded tensors (``DTensor``) are checked shard by shard with one all-reduce, so every rank
+    returns the same flags (and must call this alike).
+    """
     flags: list[bool] = [True] * len(tensors)
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    sharded = [i for i, tensor in enumerate(tensors) if _is_sharded(tensor)]
+    if sharded:
+        for i, finite in zip(sharded, _sharded_flags([tensors[i].to_local() for i in sharded]), strict=True):
+            flags[i] = finite
     for i, tensor in enumerate(tensors):
-        groups.setdefault((tensor.device, tensor.dtype), []).append(i)
+        if not _is_sharded(tensor):
+            groups.setdefault((tensor.device, tensor.dtype), []).append(i)
     for indices in groups.values():
         norms = torch._foreach_norm([tensors[i] for i in indices], ord=math.inf)  # max |x|; NaN propagates
         for i, finite in zip(indices, torch.stack(norms).isfinite().tolist()):
