@@ -122,6 +122,34 @@ def _default_image_res(class_path: str | None) -> Any:
     return None if parameter is None else parameter.default
 
 
+def strategy_from_name(name: str) -> Any:
+    """``fsdp`` as :class:`~albef_struct.lit.sharding.FullyShardedStrategy` (Lightning's FSDP1 strategy refuses
+    CPUs and would wrap ALBEF as one unit), a class path given alone as an instance of that class (jsonargparse
+    passes it on as a plain string, which Lightning rejects), any other name unchanged for Lightning."""
+    import importlib
+
+    from pytorch_lightning.strategies import Strategy
+
+    from albef_struct.lit.validation import ConfigError
+
+    if name == "fsdp":
+        from albef_struct.lit.sharding import FullyShardedStrategy
+
+        return FullyShardedStrategy()
+    module, _, attribute = name.rpartition(".")
+    if not module:
+        return name
+    try:
+        cls = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"trainer.strategy {name!r}: no such class ({err}); name a Lightning strategy such as "
+                          "ddp or fsdp, or a Strategy class path") from err
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise ConfigError(f"trainer.strategy {name!r} is not a pytorch_lightning Strategy class; name one such as "
+                          "albef_struct.lit.sharding.FullyShardedStrategy, or a registered name such as ddp or fsdp")
+    return cls()
+
+
 class ALBEFCLI(LightningCLI):
     """LightningCLI with the model and data chosen by class path in YAML, and failure handling built in.
 
@@ -161,10 +189,8 @@ class ALBEFCLI(LightningCLI):
         extra = [cb for cb in callbacks if not (isinstance(cb, guard) and listed(guard))]
         defaults = [getattr(reliability, name) for name in DEFAULT_CALLBACKS]
         extra += [cls() for cls in defaults if not listed(cls)]
-        if config.get("strategy") == "fsdp":  # Lightning's FSDP1 strategy refuses CPUs and has no ALBEF wrapping
-            from albef_struct.lit.sharding import FullyShardedStrategy
-
-            config = {**config, "strategy": FullyShardedStrategy()}
+        if isinstance(config.get("strategy"), str):
+            config = {**config, "strategy": strategy_from_name(config["strategy"])}
         trainer = super()._instantiate_trainer(config, extra)
         reliability.install_atomic_checkpoint_io(trainer)
         return trainer

@@ -76,3 +76,19 @@ def test_the_console_script_exits_1_without_traceback(tmp_path, demo_dir):
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 1, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and "BadRecordError:" in result.stderr
+
+
+def test_strategy_names_fsdp_and_bare_class_paths_become_strategies():
+    from pytorch_lightning.strategies import DDPStrategy
+
+    from albef_struct.cli import strategy_from_name
+    from albef_struct.lit.sharding import FullyShardedStrategy
+    from albef_struct.lit.validation import ConfigError
+
+    assert isinstance(strategy_from_name("fsdp"), FullyShardedStrategy)  # not Lightning's FSDP1, which refuses CPUs
+    assert isinstance(strategy_from_name("pytorch_lightning.strategies.DDPStrategy"), DDPStrategy)
+    assert strategy_from_name("ddp") == "ddp"  # Lightning's own names pass through
+    with pytest.raises(ConfigError, match=r"'albef_struct.lit.sharding.Nope': no such class.*ddp or fsdp"):
+        strategy_from_name("albef_struct.lit.sharding.Nope")
+    with pytest.raises(ConfigError, match=r"'torch.nn.Linear' is not a pytorch_lightning Strategy"):
+        strategy_from_name("torch.nn.Linear")

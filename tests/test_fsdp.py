@@ -293,6 +293,14 @@ def test_a_sharded_checkpoint_folder_reads_as_one_lightning_checkpoint(fsdp_run,
     (optimizer,) = payload["optimizer_states"]
     assert len(optimizer["state"]) == sum(p.requires_grad for p in module.parameters())
     assert source_from_payload(payload, str(folder)).layout is not None
+    from albef_struct.inference.loading import read_checkpoint  # the inference API, in one process
+
+    loaded = read_checkpoint(folder).model.state_dict()
+    student = {n.removeprefix("model."): v for n, v in first.items() if n.startswith("model.")}
+    assert {n.rsplit(".", 1)[-1] for n in student.keys() - loaded.keys()} <= {"position_ids", "token_type_ids"}
+    student = {n: v for n, v in student.items() if n in loaded}  # (non-persistent buffers are not in a file)
+    assert len(student) > 50
+    assert_same_tensors({n: loaded[n] for n in student}, student, "inference API")
     damaged = tmp_path / "damaged.ckpt"
     shutil.copytree(folder, damaged)
     (damaged / "__1_0.distcp").unlink()
