@@ -78,3 +78,23 @@ def test_the_against_plain_plan_times_each_variant_and_its_reference_profiled():
     assert set(names) <= set(VARIANTS) and all(r["profile"] and r["workload"] == "pretrain" for r in rows)
     assert all(reference_variant(n) in names for n in names)
     assert VARIANTS["fast_bf16_ckpt"].checkpointing and VARIANTS["fast_bf16_ckpt"].precision == "bf16"
+
+
+@pytest.mark.slow
+def test_sharding_benchmark_halves_what_each_of_two_ranks_holds(tmp_path):
+    """DDP then FSDP on 2 CPU processes at the tiny size: FSDP's rank holds half the parameters, gradients and
+    Adam state (its shards), the queues whole; the table and JSON carry every rank."""
+    import json
+
+    from benchmarks import sharding
+
+    assert sharding.main(["--size", "tiny", "--steps", "2", "--out", str(tmp_path)]) == 0
+    written = json.loads((tmp_path / "sharding.json").read_text())
+    ddp, fsdp = written["results"]["ddp"], written["results"]["fsdp"]
+    assert [r["rank"] for r in ddp] == [r["rank"] for r in fsdp] == [0, 1]
+    for key in ("parameters_mib", "gradients_mib", "optimizer_mib"):
+        assert ddp[0][key] > 10 and ddp[0][key] == ddp[1][key]
+        for rank in fsdp:  # every weight but the 0-d temperature is sharded; uneven splits round by a row
+            assert rank[key] == pytest.approx(ddp[0][key] / 2, rel=0.01)
+    assert all(r["buffers_mib"] == ddp[0]["buffers_mib"] > 1 for r in fsdp)  # queues are not sharded
+    assert all(r["peak_rss_mib"] > 0 and r["step_s_median"] > 0 for r in ddp + fsdp)
