@@ -41,7 +41,10 @@ def module_for(case: str) -> PretrainModule:
     return module
 
 
-CASE_LOSS = {FULL: "infonce_queue"}
+CLIPPED = "infonce_queue_clipped"  # gradient norm clipping: the norm spans sharded and replicated gradients
+CLIP_NORM = 0.05  # below this step's gradient norm, so clipping scales every gradient
+CASE_LOSS = {FULL: "infonce_queue", CLIPPED: "infonce_queue"}
+STEP_CASES = (*CASES, FULL, CLIPPED)
 RESUME_CASES = (("infonce_queue", True), ("infonce_queue", False), ("decomposable", True), (FULL, True))
 
 
@@ -85,6 +88,13 @@ def _capture_callback():
             self.record["grads"] = {n: full_tensor(p.grad) for n, p in pl_module.named_parameters() if p.grad is not None}
             self.record["sharded"] = sum(isinstance(p, DTensor) for p in pl_module.parameters())
 
+            def as_stepped(opt, args, kwargs) -> None:  # after the update: the gradients as clipped and applied
+                named = pl_module.named_parameters()
+                self.record["stepped_grads"] = {n: full_tensor(p.grad) for n, p in named if p.grad is not None}
+                handle.remove()
+
+            handle = optimizer.register_step_post_hook(as_stepped)  # (a pre-hook would run before the closure)
+
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             self.record["loss"] = outputs["loss"].detach().clone()
             self.record["after"] = weights(pl_module)
@@ -101,8 +111,9 @@ def fit_one_step(case: str, out: Path, rank: int, strategy: str) -> dict:
     loader = DataLoader(Items([rank_batch(rank)]), batch_size=None)
     pl.seed_everything(7 + rank, verbose=False)  # the same draws (hard negatives, MLM masks) under both strategies
     make = fsdp_trainer if strategy == "fsdp" else (lambda root, cbs, **kw: trainer(WORLD, root, cbs, **kw))
-    make(out / strategy, [capture], max_steps=1, **({} if strategy == "fsdp" else {"use_distributed_sampler": False})).fit(
-        module, loader)
+    clip = {"gradient_clip_val": CLIP_NORM} if case == CLIPPED else {}
+    make(out / strategy, [capture], max_steps=1, **clip,
+         **({} if strategy == "fsdp" else {"use_distributed_sampler": False})).fit(module, loader)
     return capture.record
 
 
@@ -193,7 +204,7 @@ def skipped_nonfinite_gradient(out: Path, rank: int) -> dict:
 
 def worker(rank: int, out: Path) -> None:
     torch.set_num_threads(1)
-    for case in (*CASES, FULL):
+    for case in STEP_CASES:
         for strategy in ("fsdp", "ddp"):
             torch.save(fit_one_step(case, out, rank, strategy), out / f"{case}_{strategy}_rank{rank}.pt")
     for case, sharded in RESUME_CASES:
@@ -220,7 +231,7 @@ def assert_same_tensors(actual: dict, expected: dict, what: str) -> None:
         torch.testing.assert_close(actual[name], value, rtol=1e-6, atol=1e-7, msg=lambda m, n=name: f"{what} {n}: {m}")
 
 
-@pytest.mark.parametrize("case", [*CASES, FULL])
+@pytest.mark.parametrize("case", STEP_CASES)
 def test_a_sharded_step_equals_ddp(fsdp_run, case):
     """Same weights, same batches, same random draws: FSDP's loss, averaged gradients and updated
     student, teacher, queue and per-sample state equal DDP's."""
@@ -240,6 +251,13 @@ def test_a_sharded_step_equals_ddp(fsdp_run, case):
             assert any(n.startswith("queue.") for n in moved)
         if case == "decomposable":
             assert any(n.startswith("contrastive.") for n in moved)
+        assert_same_tensors(fsdp["stepped_grads"], ddp["stepped_grads"], f"rank {rank} gradient as stepped")
+    if case == CLIPPED:  # the clipping norm spans every rank's shards and the replicated temperature
+        def total_norm(grads: dict) -> torch.Tensor:
+            return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()]))
+
+        assert total_norm(fsdp["grads"]) > 2 * CLIP_NORM
+        torch.testing.assert_close(total_norm(fsdp["stepped_grads"]), torch.tensor(CLIP_NORM), rtol=1e-4, atol=0)
     if case == FULL:  # hard negatives and MLM: the fusion encoder and the ITM head were trained
         assert any(n.startswith("model.fusion_encoder.") for n in fsdp["grads"])
         assert any(n.startswith("model.itm_head.") for n in fsdp["grads"])
