@@ -1,10 +1,10 @@
 """Two CPU processes (gloo) under ``FullyShardedStrategy`` (FSDP2) against DDP and against one process.
 
 Each worker (``python -m tests.test_fsdp RANK OUT``, started as ``torchrun`` would) trains the
-tiny pretraining module of ``tests.test_ddp`` under both strategies from the same weights and
-batches, and saves what it saw: the loss, the gradients averaged over the ranks (gathered from
-the shards), the weights, the EMA teacher, the queue and the decomposable loss's state after the
-step. It then checks checkpointing: two steps straight through, against one step, a checkpoint
+tiny pretraining module of ``tests.test_ddp`` (and a tiny SNLI-VE module) for two steps under both
+strategies from the same weights and batches, and saves what it saw at the second step: the loss,
+the gradients averaged over the ranks (gathered from the shards), the weights, the EMA teacher,
+the queue and the decomposable loss's state. It then checks checkpointing: two steps straight through, against one step, a checkpoint
 (sharded folder, or one gathered file) and a resumed second step.
 """
 
@@ -20,6 +20,9 @@ from torch.utils.data import DataLoader
 from albef_struct.checkpoint.files import load_checkpoint_file
 from albef_struct.lit.pretrain import PretrainModule
 from tests.ddp_launch import launch
+from albef_struct.lit.schedule import OptimConfig
+from albef_struct.tasks.ve import VEModule
+from tests.conftest import tiny_config
 from tests.test_ddp import CASES, WORLD, Items, build_module, initial_state, rank_batch, trainer
 
 pytestmark = pytest.mark.slow
@@ -35,6 +38,11 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
 
 
 def module_for(case: str) -> PretrainModule:
+    if case == VE:
+        from tests.test_task_ve import NO_DROPOUT
+
+        torch.manual_seed(0)
+        return VEModule(arch=tiny_config(text=NO_DROPOUT), momentum=0.5, optim=OptimConfig(lr=1e-3, warmup_steps=0))
     module = build_module(CASE_LOSS.get(case, case))
     if case == FULL:
         module.itm_weight = module.mlm_weight = 1.0
@@ -44,7 +52,22 @@ def module_for(case: str) -> PretrainModule:
 CLIPPED = "infonce_queue_clipped"  # gradient norm clipping: the norm spans sharded and replicated gradients
 CLIP_NORM = 0.05  # below this step's gradient norm, so clipping scales every gradient
 CASE_LOSS = {FULL: "infonce_queue", CLIPPED: "infonce_queue"}
-STEP_CASES = (*CASES, FULL, CLIPPED)
+VE = "ve"  # a task whose teacher is updated after the student's forward, while the student's root is gathered
+STEP_CASES = (*CASES, FULL, CLIPPED, VE)
+INITIAL_STATES = (*CASES, VE)
+
+
+def initial_state_of(case: str) -> dict[str, torch.Tensor]:
+    return module_for(VE).state_dict() if case == VE else initial_state(case)
+
+
+def step_batches(case: str, rank: int) -> list[dict[str, torch.Tensor]]:
+    """Rank ``rank``'s two batches: its half of the pretraining batch twice, or 4 VE pairs per step."""
+    if case == VE:
+        from tests.test_task_ve import make_batch
+
+        return [make_batch([0, 1, 2, rank], seed=10 * rank + step) for step in range(2)]
+    return [rank_batch(rank)] * 2
 RESUME_CASES = (("infonce_queue", True), ("infonce_queue", False), ("decomposable", True), (FULL, True))
 
 
@@ -102,17 +125,17 @@ def _capture_callback():
     return Capture()
 
 
-def fit_one_step(case: str, out: Path, rank: int, strategy: str) -> dict:
+def fit_two_steps(case: str, out: Path, rank: int, strategy: str) -> dict:
     import pytorch_lightning as pl
 
     module = module_for(case)
     module.load_state_dict(torch.load(out / f"init_{CASE_LOSS.get(case, case)}.pt", weights_only=True))
     capture = _capture_callback()
-    loader = DataLoader(Items([rank_batch(rank)]), batch_size=None)
+    loader = DataLoader(Items(step_batches(case, rank)), batch_size=None)
     pl.seed_everything(7 + rank, verbose=False)  # the same draws (hard negatives, MLM masks) under both strategies
     make = fsdp_trainer if strategy == "fsdp" else (lambda root, cbs, **kw: trainer(WORLD, root, cbs, **kw))
     clip = {"gradient_clip_val": CLIP_NORM} if case == CLIPPED else {}
-    make(out / strategy, [capture], max_steps=1, **clip,
+    make(out / strategy, [capture], max_steps=2, **clip,
          **({} if strategy == "fsdp" else {"use_distributed_sampler": False})).fit(module, loader)
     return capture.record
 
@@ -206,7 +229,7 @@ def worker(rank: int, out: Path) -> None:
     torch.set_num_threads(1)
     for case in STEP_CASES:
         for strategy in ("fsdp", "ddp"):
-            torch.save(fit_one_step(case, out, rank, strategy), out / f"{case}_{strategy}_rank{rank}.pt")
+            torch.save(fit_two_steps(case, out, rank, strategy), out / f"{case}_{strategy}_rank{rank}.pt")
     for case, sharded in RESUME_CASES:
         torch.save(resume_run(out, rank, case, sharded), out / f"resume_{case}_{sharded}_rank{rank}.pt")
     torch.save(nonfinite_refusal(out, rank), out / f"nonfinite_rank{rank}.pt")
@@ -217,8 +240,8 @@ def worker(rank: int, out: Path) -> None:
 @pytest.fixture(scope="module")
 def fsdp_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("fsdp")
-    for case in CASES:
-        torch.save(initial_state(case), out / f"init_{case}.pt")
+    for case in INITIAL_STATES:
+        torch.save(initial_state_of(case), out / f"init_{case}.pt")
     for rank, result in enumerate(launch("tests.test_fsdp", out, WORLD, WORKER_TIMEOUT_S)):
         assert result.returncode == 0, f"FSDP worker failed:\n{result.stdout[-4000:]}"
         assert f"MEMBER: {rank + 1}/{WORLD}" in result.stdout  # Lightning ran it as rank {rank} of 2
@@ -232,9 +255,9 @@ def assert_same_tensors(actual: dict, expected: dict, what: str) -> None:
 
 
 @pytest.mark.parametrize("case", STEP_CASES)
-def test_a_sharded_step_equals_ddp(fsdp_run, case):
-    """Same weights, same batches, same random draws: FSDP's loss, averaged gradients and updated
-    student, teacher, queue and per-sample state equal DDP's."""
+def test_sharded_steps_equal_ddp(fsdp_run, case):
+    """Same weights, same batches, same random draws: at the second step, FSDP's loss, averaged gradients
+    and updated student, teacher, queue and per-sample state equal DDP's."""
     init = torch.load(fsdp_run / f"init_{CASE_LOSS.get(case, case)}.pt", weights_only=True)
     for rank in range(WORLD):
         fsdp = torch.load(fsdp_run / f"{case}_fsdp_rank{rank}.pt", weights_only=True)
@@ -243,7 +266,7 @@ def test_a_sharded_step_equals_ddp(fsdp_run, case):
         torch.testing.assert_close(fsdp["loss"], ddp["loss"], rtol=1e-6, atol=1e-7)
         assert len(ddp["grads"]) > 10
         assert_same_tensors(fsdp["grads"], ddp["grads"], f"rank {rank} gradient")
-        assert_same_tensors(fsdp["after"], ddp["after"], f"rank {rank} after the step")
+        assert_same_tensors(fsdp["after"], ddp["after"], f"rank {rank} after two steps")
         moved = [n for n in fsdp["after"].keys() & init.keys() if n.startswith(("model.", "teacher.", "queue.", "contrastive."))
                  and not torch.equal(fsdp["after"][n], init[n])]
         assert any(n.startswith("teacher.") for n in moved) and any(n.startswith("model.") for n in moved)

@@ -52,12 +52,14 @@ class MomentumTeacher(nn.Module):
     @torch.no_grad()
     def copy_from(self, student: nn.Module) -> None:
         """Set every teacher parameter to the student's value (ALBEF's ``copy_params``)."""
+        reshard_forward_only(self.model)
         teacher_params, student_params = self._pairs(student)
         torch._foreach_copy_(teacher_params, student_params)
 
     @torch.no_grad()
     def update(self, student: nn.Module) -> None:
         """One EMA step towards ``student`` (parameters only; buffers are not averaged)."""
+        reshard_forward_only(self.model)
         teacher_params, student_params = self._pairs(student)
         if not teacher_params:
             return
@@ -67,7 +69,42 @@ class MomentumTeacher(nn.Module):
     def _pairs(self, student: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         student_params = dict(student.named_parameters())
         pairs = [(p, student_params[name]) for name, p in self.model.named_parameters()]
-        return [t for t, _ in pairs], [s.detach() for _, s in pairs]
+        return [t for t, _ in pairs], [in_layout_of(t, s.detach(), name) for (name, _), (t, s) in
+                                       zip(self.model.named_parameters(), pairs, strict=True)]
+
+
+def reshard_forward_only(model: nn.Module) -> None:
+    """Put a teacher sharded with FSDP2 back into shards before it is written to.
+
+    FSDP keeps a root module's parameters gathered from its forward until its backward, and a
+    teacher has no backward: written to then, the gathered copy would take the update and the
+    shards, which FSDP keeps and saves, would not.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        model.reshard()
+
+
+def in_layout_of(teacher: torch.Tensor, student: torch.Tensor, name: str) -> torch.Tensor:
+    """``student`` laid out as ``teacher`` is, for an element-wise update of the teacher.
+
+    Under FSDP2 (``albef_struct.lit.sharding``) parameters are shards (``DTensor``), except that a
+    module's root stays gathered whole, as plain tensors, from its forward until its backward: a
+    task that updates the teacher after the student's forward sees whole student weights beside
+    teacher shards, and takes this rank's slice of them (no communication).
+    """
+    from torch.distributed.tensor import DTensor, Replicate
+
+    if isinstance(teacher, DTensor) == isinstance(student, DTensor):
+        return student
+    if isinstance(student, DTensor):
+        raise RuntimeError(
+            f"the EMA teacher's {name} is gathered whole while the student's is sharded: an update now would be "
+            "lost when FSDP frees the gathered copy; update the teacher before its forward pass"
+        )
+    whole = DTensor.from_local(student, teacher.device_mesh, [Replicate()] * teacher.device_mesh.ndim, run_check=False)
+    return whole.redistribute(teacher.device_mesh, teacher.placements)
 
 
 class FeatureQueue(nn.Module):
