@@ -37,12 +37,23 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
     return (t.full_tensor() if isinstance(t, DTensor) else t).detach().clone()
 
 
-def module_for(case: str) -> PretrainModule:
-    if case == VE:
-        from tests.test_task_ve import NO_DROPOUT
+def task_module(case: str):
+    """A tiny fine-tuning module with an EMA teacher (no dropout: both strategies see the same network)."""
+    from albef_struct.tasks.nlvr import NLVRModule
+    from albef_struct.tasks.vqa import VQAModule
+    from tests.test_task_nlvr import tiny as nlvr_arch
+    from tests.test_task_ve import NO_DROPOUT
 
-        torch.manual_seed(0)
-        return VEModule(arch=tiny_config(text=NO_DROPOUT), momentum=0.5, optim=OptimConfig(lr=1e-3, warmup_steps=0))
+    torch.manual_seed(0)
+    optim = OptimConfig(lr=1e-3, warmup_steps=0)
+    if case == NLVR:
+        return NLVRModule(arch=nlvr_arch(), momentum=0.5, optim=optim)
+    return {VE: VEModule, VQA: VQAModule}[case](arch=tiny_config(text=NO_DROPOUT), momentum=0.5, optim=optim)
+
+
+def module_for(case: str) -> PretrainModule:
+    if case in TASK_CASES:
+        return task_module(case)
     module = build_module(CASE_LOSS.get(case, case))
     if case == FULL:
         module.itm_weight = module.mlm_weight = 1.0
@@ -52,21 +63,33 @@ def module_for(case: str) -> PretrainModule:
 CLIPPED = "infonce_queue_clipped"  # gradient norm clipping: the norm spans sharded and replicated gradients
 CLIP_NORM = 0.05  # below this step's gradient norm, so clipping scales every gradient
 CASE_LOSS = {FULL: "infonce_queue", CLIPPED: "infonce_queue"}
-VE = "ve"  # a task whose teacher is updated after the student's forward, while the student's root is gathered
-STEP_CASES = (*CASES, FULL, CLIPPED, VE)
-INITIAL_STATES = (*CASES, VE)
+# fine-tuning tasks update the teacher after the student's forward, while the student's root is gathered;
+# NLVR2's fusion encoder is one FSDP unit (tied keys/values), VQA adds the answer decoder
+VE, NLVR, VQA = "ve", "nlvr", "vqa"
+TASK_CASES = (VE, NLVR, VQA)
+STEP_CASES = (*CASES, FULL, CLIPPED, *TASK_CASES)
+INITIAL_STATES = (*CASES, *TASK_CASES)
 
 
 def initial_state_of(case: str) -> dict[str, torch.Tensor]:
-    return module_for(VE).state_dict() if case == VE else initial_state(case)
+    return module_for(case).state_dict() if case in TASK_CASES else initial_state(case)
 
 
 def step_batches(case: str, rank: int) -> list[dict[str, torch.Tensor]]:
-    """Rank ``rank``'s two batches: its half of the pretraining batch twice, or 4 VE pairs per step."""
-    if case == VE:
-        from tests.test_task_ve import make_batch
+    """Rank ``rank``'s two batches: its half of the pretraining batch twice, or a task's own per step."""
+    from tests.test_task_nlvr import nlvr_batch
+    from tests.test_task_ve import make_batch
+    from tests.test_task_vqa import make_train_batch
 
-        return [make_batch([0, 1, 2, rank], seed=10 * rank + step) for step in range(2)]
+    def seed(step: int) -> int:
+        return 10 * rank + step
+
+    if case == VE:
+        return [make_batch([0, 1, 2, rank], seed=seed(step)) for step in range(2)]
+    if case == NLVR:
+        return [nlvr_batch(4, seed=seed(step)) for step in range(2)]
+    if case == VQA:
+        return [make_train_batch(seed=seed(step)) for step in range(2)]
     return [rank_batch(rank)] * 2
 RESUME_CASES = (("infonce_queue", True), ("infonce_queue", False), ("decomposable", True), (FULL, True))
 
