@@ -271,10 +271,22 @@ def fsdp_run(tmp_path_factory) -> Path:
     return out
 
 
+# Float32 rounding, tensor by tensor: most cases come out bit-equal here, but a clipping norm summed over
+# shards rounds differently from one summed over whole tensors, and Adam's first steps turn that into
+# relative differences of up to 7e-6 of a tensor's largest value (4e-7 in the gradients).
+RTOL, ATOL = 1e-5, 1e-9  # ATOL: for tensors that are analytically zero (attention key biases get ~1e-11 noise)
+
+
 def assert_same_tensors(actual: dict, expected: dict, what: str) -> None:
+    """Same names, and each tensor within ``RTOL`` of its largest value (+ ``ATOL``) of the expected one."""
     assert actual.keys() == expected.keys(), f"{what}: {sorted(actual.keys() ^ expected.keys())}"
     for name, value in expected.items():
-        torch.testing.assert_close(actual[name], value, rtol=1e-6, atol=1e-7, msg=lambda m, n=name: f"{what} {n}: {m}")
+        if not value.is_floating_point():
+            assert torch.equal(actual[name], value), f"{what} {name}"
+            continue
+        scale = float(value.abs().max()) if value.numel() else 0.0
+        difference = float((actual[name] - value).abs().max()) if value.numel() else 0.0
+        assert difference <= RTOL * scale + ATOL, f"{what} {name}: differs by {difference:.3g} (largest value {scale:.3g})"
 
 
 @pytest.mark.parametrize("case", STEP_CASES)
@@ -286,7 +298,7 @@ def test_sharded_steps_equal_ddp(fsdp_run, case):
         fsdp = torch.load(fsdp_run / f"{case}_fsdp_rank{rank}.pt", weights_only=True)
         ddp = torch.load(fsdp_run / f"{case}_ddp_rank{rank}.pt", weights_only=True)
         assert fsdp["sharded"] > 50 and ddp["sharded"] == 0  # FSDP really held the weights as shards
-        torch.testing.assert_close(fsdp["loss"], ddp["loss"], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(fsdp["loss"], ddp["loss"], rtol=RTOL, atol=ATOL)
         assert len(ddp["grads"]) > 10
         assert_same_tensors(fsdp["grads"], ddp["grads"], f"rank {rank} gradient")
         assert_same_tensors(fsdp["after"], ddp["after"], f"rank {rank} after two steps")
@@ -453,13 +465,14 @@ def test_a_tensor_parallel_mesh_is_refused_with_the_fix():
         data_parallel_mesh(_Mesh({"data_parallel": 1, "tensor_parallel": 2}))
 
 
-def test_filling_the_missing_adam_state_leaves_the_update_unchanged():
+@pytest.mark.parametrize("fused", [False, True])  # the fused kernel wants ``step`` on the parameter's device
+def test_filling_the_missing_adam_state_leaves_the_update_unchanged(fused):
     from albef_struct.lit.sharding import fill_missing_adam_state
 
     def two_steps(fill: bool) -> list[torch.Tensor]:
         torch.manual_seed(0)
         used, unused = torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(2))
-        optimizer = torch.optim.AdamW([used, unused], lr=0.1, weight_decay=0.05)
+        optimizer = torch.optim.AdamW([used, unused], lr=0.1, weight_decay=0.05, fused=fused)
         for step in range(2):
             (used**2).sum().backward()
             if step == 1:  # the second parameter gets its first gradient only now

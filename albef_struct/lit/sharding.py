@@ -96,7 +96,9 @@ def replicated_parameters(module: nn.Module) -> list[nn.Parameter]:
 def data_parallel_mesh(mesh):
     """The data-parallel dimension of Lightning's mesh; ALBEF has no tensor-parallel plan."""
     if "tensor_parallel" in (mesh.mesh_dim_names or ()) and mesh["tensor_parallel"].size() > 1:
-        raise ValueError(
+        from albef_struct.lit.validation import ConfigError
+
+        raise ConfigError(
             f"ALBEF models shard over data-parallel ranks only, but the strategy's mesh has "
             f"tensor_parallel size {mesh['tensor_parallel'].size()}: use "
             "--trainer.strategy albef_struct.lit.sharding.FullyShardedStrategy (or tensor_parallel_size: 1)"
@@ -123,7 +125,9 @@ def fill_missing_adam_state(optimizer: torch.optim.Optimizer) -> int:
         for param in group["params"]:
             if optimizer.state.get(param):
                 continue
-            state = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
+            on_device = group.get("fused") or group.get("capturable")  # where Adam itself keeps ``step``
+            step = torch.zeros((), dtype=torch.float32, device=param.device) if on_device else torch.tensor(0.0)
+            state = {"step": step, "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
                      "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format)}
             if group.get("amsgrad"):
                 state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
@@ -192,7 +196,8 @@ class FullyShardedStrategy(ModelParallelStrategy):
             check_finite_checkpoint({**checkpoint, "state_dict": local_shards(checkpoint["state_dict"])}, str(target))
         except ValueError as error:
             refusal = error
-        if self.reduce(torch.tensor(float(refusal is not None)), reduce_op="sum") > 0:  # every rank stops
+        refused = torch.tensor(float(refusal is not None), device=self.root_device)  # NCCL reduces GPU tensors only
+        if self.reduce(refused, reduce_op="sum") > 0:  # every rank stops
             raise refusal or RuntimeError(f"another rank refused to write {target}: its shard holds non-finite "
                                           "weights (that rank's error names them); the checkpoints on disk are kept")
         if self.global_rank == 0 and partial.exists():

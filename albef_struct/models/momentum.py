@@ -68,9 +68,8 @@ class MomentumTeacher(nn.Module):
 
     def _pairs(self, student: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         student_params = dict(student.named_parameters())
-        pairs = [(p, student_params[name]) for name, p in self.model.named_parameters()]
-        return [t for t, _ in pairs], [in_layout_of(t, s.detach(), name) for (name, _), (t, s) in
-                                       zip(self.model.named_parameters(), pairs, strict=True)]
+        named = [(name, p, student_params[name]) for name, p in self.model.named_parameters()]
+        return [t for _, t, _ in named], [in_layout_of(t, s.detach(), name) for name, t, s in named]
 
 
 def reshard_forward_only(model: nn.Module) -> None:
