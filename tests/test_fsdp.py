@@ -1,11 +1,11 @@
 """Two CPU processes (gloo) under ``FullyShardedStrategy`` (FSDP2) against DDP and against one process.
 
-Each worker (``python -m tests.test_fsdp RANK OUT``, started as ``torchrun`` would) trains the
-tiny pretraining module of ``tests.test_ddp`` (and a tiny SNLI-VE module) for two steps under both
-strategies from the same weights and batches, and saves what it saw at the second step: the loss,
-the gradients averaged over the ranks (gathered from the shards), the weights, the EMA teacher,
-the queue and the decomposable loss's state. It then checks checkpointing: two steps straight through, against one step, a checkpoint
-(sharded folder, or one gathered file) and a resumed second step.
+Each worker (``python -m tests.test_fsdp RANK OUT``, started as ``torchrun`` would) trains tiny
+modules (pretraining as in ``tests.test_ddp``; SNLI-VE, NLVR2 and VQA fine-tuning) for two steps
+under both strategies from the same weights and batches, and saves what it saw at the second step:
+the loss, the gradients averaged over the ranks (gathered from the shards), the weights, the EMA
+teacher, the queue and the decomposable loss's state. It then checks checkpointing (two steps
+straight through, against one step, a checkpoint and a resumed step) and the handling of NaN/Inf.
 """
 
 from __future__ import annotations
@@ -19,16 +19,26 @@ from torch.utils.data import DataLoader
 
 from albef_struct.checkpoint.files import load_checkpoint_file
 from albef_struct.lit.pretrain import PretrainModule
-from tests.ddp_launch import launch
 from albef_struct.lit.schedule import OptimConfig
 from albef_struct.tasks.ve import VEModule
 from tests.conftest import tiny_config
+from tests.ddp_launch import launch
 from tests.test_ddp import CASES, WORLD, Items, build_module, initial_state, rank_batch, trainer
 
 pytestmark = pytest.mark.slow
 
 WORKER_TIMEOUT_S = 240
 FULL = "infonce_queue_itm_mlm"  # ALBEF's whole objective: hard negatives and MLM masks drawn per rank
+CLIPPED = "infonce_queue_clipped"  # gradient norm clipping: the norm spans sharded and replicated gradients
+CLIP_NORM = 0.05  # below this step's gradient norm, so clipping scales every gradient
+CASE_LOSS = {FULL: "infonce_queue", CLIPPED: "infonce_queue"}
+# fine-tuning tasks update the teacher after the student's forward, while the student's root is gathered;
+# NLVR2's fusion encoder is one FSDP unit (tied keys/values), VQA adds the answer decoder
+VE, NLVR, VQA = "ve", "nlvr", "vqa"
+TASK_CASES = (VE, NLVR, VQA)
+STEP_CASES = (*CASES, FULL, CLIPPED, *TASK_CASES)
+INITIAL_STATES = (*CASES, *TASK_CASES)
+RESUME_CASES = (("infonce_queue", True), ("infonce_queue", False), ("decomposable", True), (FULL, True))
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
@@ -60,15 +70,6 @@ def module_for(case: str) -> PretrainModule:
     return module
 
 
-CLIPPED = "infonce_queue_clipped"  # gradient norm clipping: the norm spans sharded and replicated gradients
-CLIP_NORM = 0.05  # below this step's gradient norm, so clipping scales every gradient
-CASE_LOSS = {FULL: "infonce_queue", CLIPPED: "infonce_queue"}
-# fine-tuning tasks update the teacher after the student's forward, while the student's root is gathered;
-# NLVR2's fusion encoder is one FSDP unit (tied keys/values), VQA adds the answer decoder
-VE, NLVR, VQA = "ve", "nlvr", "vqa"
-TASK_CASES = (VE, NLVR, VQA)
-STEP_CASES = (*CASES, FULL, CLIPPED, *TASK_CASES)
-INITIAL_STATES = (*CASES, *TASK_CASES)
 
 
 def initial_state_of(case: str) -> dict[str, torch.Tensor]:
@@ -91,7 +92,6 @@ def step_batches(case: str, rank: int) -> list[dict[str, torch.Tensor]]:
     if case == VQA:
         return [make_train_batch(seed=seed(step)) for step in range(2)]
     return [rank_batch(rank)] * 2
-RESUME_CASES = (("infonce_queue", True), ("infonce_queue", False), ("decomposable", True), (FULL, True))
 
 
 def weights(module: PretrainModule) -> dict[str, torch.Tensor]:
