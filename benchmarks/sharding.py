@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from albef_struct.metrics.report import format_table, write_json
-from benchmarks.measure import peak_rss_mb
+from benchmarks.measure import median, peak_rss_mb
 from benchmarks.sizes import SIZES, pretrain_batch
 
 RESULT_PREFIX = "SHARDING_RESULT "
@@ -93,7 +94,7 @@ def run_rank(size_name: str, strategy_name: str, ranks: int, steps: int) -> None
     held = held_by_rank(module, trainer.optimizers[0])
     held["gradients_mib"] = measure.gradients  # at the optimizer step (Lightning zeroes them afterwards)
     row = {"rank": trainer.global_rank, **held, "peak_rss_mib": peak_rss_mb(),
-           "step_s_median": sorted(step_times[1:])[len(step_times[1:]) // 2] if len(step_times) > 1 else float("nan")}
+           "step_s_median": median(step_times[1:])}  # the first step warms up
     rows: list[Any] = [None] * ranks
     dist.all_gather_object(rows, row)
     if trainer.global_rank == 0:
@@ -105,7 +106,7 @@ def measure_strategy(size_name: str, strategy: str, ranks: int, steps: int) -> l
     command = [sys.executable, "-m", "benchmarks.sharding", "--rank-job", strategy, "--size", size_name,
                "--ranks", str(ranks), "--steps", str(steps)]
     result = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
-                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
     lines = [line for line in result.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if result.returncode != 0 or not lines:
         raise RuntimeError(f"{strategy} job failed (exit {result.returncode}):\n{(result.stdout + result.stderr)[-3000:]}")

@@ -8,6 +8,8 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor, Replicate
 
 #: What ALBEF's momentum models leave out: they copy encoders, projections and heads, but not the ITM head or
 #: the temperature (every teacher of this project's task modules, and of their checkpoints' weights).
@@ -68,8 +70,8 @@ class MomentumTeacher(nn.Module):
 
     def _pairs(self, student: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         student_params = dict(student.named_parameters())
-        named = [(name, p, student_params[name]) for name, p in self.model.named_parameters()]
-        return [t for _, t, _ in named], [in_layout_of(t, s.detach(), name) for name, t, s in named]
+        pairs = [(p, student_params[name]) for name, p in self.model.named_parameters()]
+        return [t for t, _ in pairs], [in_layout_of(t, s.detach()) for t, s in pairs]
 
 
 def reshard_forward_only(model: nn.Module) -> None:
@@ -79,29 +81,21 @@ def reshard_forward_only(model: nn.Module) -> None:
     teacher has no backward: written to then, the gathered copy would take the update and the
     shards, which FSDP keeps and saves, would not.
     """
-    from torch.distributed.fsdp import FSDPModule
-
     if isinstance(model, FSDPModule):
         model.reshard()
 
 
-def in_layout_of(teacher: torch.Tensor, student: torch.Tensor, name: str) -> torch.Tensor:
+def in_layout_of(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
     """``student`` laid out as ``teacher`` is, for an element-wise update of the teacher.
 
     Under FSDP2 (``albef_struct.lit.sharding``) parameters are shards (``DTensor``), except that a
     module's root stays gathered whole, as plain tensors, from its forward until its backward: a
     task that updates the teacher after the student's forward sees whole student weights beside
-    teacher shards, and takes this rank's slice of them (no communication).
+    teacher shards (resharded by :func:`reshard_forward_only`), and takes this rank's slice of them
+    (no communication).
     """
-    from torch.distributed.tensor import DTensor, Replicate
-
-    if isinstance(teacher, DTensor) == isinstance(student, DTensor):
+    if not isinstance(teacher, DTensor) or isinstance(student, DTensor):
         return student
-    if isinstance(student, DTensor):
-        raise RuntimeError(
-            f"the EMA teacher's {name} is gathered whole while the student's is sharded: an update now would be "
-            "lost when FSDP frees the gathered copy; update the teacher before its forward pass"
-        )
     whole = DTensor.from_local(student, teacher.device_mesh, [Replicate()] * teacher.device_mesh.ndim, run_check=False)
     return whole.redistribute(teacher.device_mesh, teacher.placements)
 

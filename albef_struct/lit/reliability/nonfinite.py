@@ -7,20 +7,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 __all__ = ["finite_flags", "nonfinite_kind", "nonfinite_tensors", "nonfinite_terms"]
 
 
-def _is_sharded(tensor: torch.Tensor) -> bool:
-    from torch.distributed.tensor import DTensor
-
-    return isinstance(tensor, DTensor)
-
-
 def _any_rank(flags: torch.Tensor) -> torch.Tensor:
     """Boolean flags true where they are true on any rank (every rank calls this, as it checks its shards)."""
-    import torch.distributed as dist
-
     counts = flags.to(torch.float32)
     dist.all_reduce(counts, op=dist.ReduceOp.MAX)
     return counts > 0
@@ -28,7 +22,7 @@ def _any_rank(flags: torch.Tensor) -> torch.Tensor:
 
 def nonfinite_kind(tensor: torch.Tensor) -> str:
     """``"NaN"`` or ``"Inf"`` for a tensor known to hold a non-finite value (a sharded one: on any rank)."""
-    if _is_sharded(tensor):
+    if isinstance(tensor, DTensor):
         return "NaN" if bool(_any_rank(torch.isnan(tensor.to_local()).any())) else "Inf"
     return "NaN" if bool(torch.isnan(tensor).any()) else "Inf"
 
@@ -47,12 +41,12 @@ def finite_flags(tensors: list[torch.Tensor]) -> list[bool]:
     """
     flags: list[bool] = [True] * len(tensors)
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    sharded = [i for i, tensor in enumerate(tensors) if _is_sharded(tensor)]
+    sharded = [i for i, tensor in enumerate(tensors) if isinstance(tensor, DTensor)]
     if sharded:
         for i, finite in zip(sharded, _sharded_flags([tensors[i].to_local() for i in sharded]), strict=True):
             flags[i] = finite
     for i, tensor in enumerate(tensors):
-        if not _is_sharded(tensor):
+        if not isinstance(tensor, DTensor):
             groups.setdefault((tensor.device, tensor.dtype), []).append(i)
     for indices in groups.values():
         norms = torch._foreach_norm([tensors[i] for i in indices], ord=math.inf)  # max |x|; NaN propagates
