@@ -36,6 +36,8 @@ class Variant:
     single_itm: bool = True  # PretrainModule.itm_single_fusion_call
     masked_mlm: bool = True  # PretrainModule.mlm_masked_positions_only
     fused_adamw: bool = False
+    recompute_gelu: bool = False  # arch.recompute_gelu
+    queue_in_place: bool = True  # PretrainModule.itc_queue_in_place
 
     def describe(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,7 +46,7 @@ class Variant:
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
-        Variant("plain", attention="eager", single_itm=False, masked_mlm=False),
+        Variant("plain", attention="eager", single_itm=False, masked_mlm=False, queue_in_place=False),
         Variant("fast"),
         Variant("fast_bf16", precision="bf16"),
         Variant("fast_bf16_ckpt", precision="bf16", checkpointing=True),
@@ -53,9 +55,12 @@ VARIANTS: dict[str, Variant] = {
         Variant("fast_eager", attention="eager"),
         Variant("fast_ckpt", checkpointing=True),
         Variant("fast_fused_adamw", fused_adamw=True),
+        Variant("fast_recompute_gelu", recompute_gelu=True),
+        Variant("fast_fused_adamw_recompute_gelu", fused_adamw=True, recompute_gelu=True),
+        Variant("fast_bf16_eager_recompute_gelu", precision="bf16", attention="eager", recompute_gelu=True),
         Variant("fast_compile", compile=True),
         Variant("fast_bf16_compile", precision="bf16", compile=True),
-        Variant("plain_bf16", precision="bf16", attention="eager", single_itm=False, masked_mlm=False),
+        Variant("plain_bf16", precision="bf16", attention="eager", single_itm=False, masked_mlm=False, queue_in_place=False),
     )
 }
 
@@ -130,6 +135,7 @@ def _train_step(module: nn.Module, loss_fn: Callable[[], torch.Tensor], variant:
         with autocast(variant.precision):
             loss = loss_fn()
         loss.backward()
+        module.on_after_backward()  # as Lightning calls it (a queue's pending enqueue)
         optimizer.step()
         return loss.detach()
 
@@ -159,7 +165,10 @@ def pretrain_workload(
     if contrastive == "decomposable":  # at web scale the bank (N x D per modality) gives way to running estimates
         args = {"num_samples": num_samples, "denominator": "running"}
     module = PretrainModule(
-        arch=size.arch(mlm_head=True, attention=variant.attention, grad_checkpointing=variant.checkpointing),
+        arch=size.arch(
+            mlm_head=True, attention=variant.attention, grad_checkpointing=variant.checkpointing,
+            recompute_gelu=variant.recompute_gelu,
+        ),
         queue_size=queue_size,
         contrastive=contrastive,
         contrastive_args=args,
@@ -167,6 +176,7 @@ def pretrain_workload(
         mlm_weight=1.0 if objective == "full" else 0.0,
         itm_single_fusion_call=variant.single_itm,
         mlm_masked_positions_only=variant.masked_mlm,
+        itc_queue_in_place=variant.queue_in_place,
     )
     module.to(device)
     _finish(module, variant)
@@ -191,7 +201,9 @@ def task_workload(task: str, size: Size, variant: Variant) -> Workload:
     if reason:
         raise RuntimeError(f"task {task!r} cannot be benchmarked: {reason}")
     spec = TASKS[task]
-    arch = size.arch(attention=variant.attention, grad_checkpointing=variant.checkpointing)
+    arch = size.arch(
+        attention=variant.attention, grad_checkpointing=variant.checkpointing, recompute_gelu=variant.recompute_gelu
+    )
     module = spec.module(arch=arch, **({"queue_size": 65536} if spec.queue else {}))
     _finish(module, variant)
     data = task_batch(spec, size)

