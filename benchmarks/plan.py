@@ -46,7 +46,7 @@ SMALL_AB = ["plain", "fast", "fast_bf16", "fast_eager", "fast_ckpt"]
 
 
 AGAINST_PLAIN = ["plain", "fast", "fast_fused_adamw", "fast_recompute_gelu", "fast_fused_adamw_recompute_gelu", "fast_ckpt",
-                 "plain_bf16", "fast_bf16", "fast_bf16_eager", "fast_bf16_eager_fused", "fast_bf16_eager_recompute_gelu",
+                 "plain_bf16", "fast_bf16", "fast_bf16_eager", "fast_bf16_eager_fused", "fast_bf16_eager_fused_recompute_gelu",
                  "fast_bf16_ckpt"]
 
 

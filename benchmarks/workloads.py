@@ -38,6 +38,7 @@ class Variant:
     fused_adamw: bool = False
     recompute_gelu: bool = False  # arch.recompute_gelu
     queue_in_place: bool = True  # PretrainModule.itc_queue_in_place
+    itm_first_token: bool = True  # PretrainModule.itm_first_token_only
 
     def describe(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,7 +47,7 @@ class Variant:
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
-        Variant("plain", attention="eager", single_itm=False, masked_mlm=False, queue_in_place=False),
+        Variant("plain", attention="eager", single_itm=False, masked_mlm=False, queue_in_place=False, itm_first_token=False),
         Variant("fast"),
         Variant("fast_bf16", precision="bf16"),
         Variant("fast_bf16_ckpt", precision="bf16", checkpointing=True),
@@ -57,10 +58,13 @@ VARIANTS: dict[str, Variant] = {
         Variant("fast_fused_adamw", fused_adamw=True),
         Variant("fast_recompute_gelu", recompute_gelu=True),
         Variant("fast_fused_adamw_recompute_gelu", fused_adamw=True, recompute_gelu=True),
-        Variant("fast_bf16_eager_recompute_gelu", precision="bf16", attention="eager", recompute_gelu=True),
+        Variant("fast_bf16_eager_fused_recompute_gelu", precision="bf16", attention="eager", fused_adamw=True, recompute_gelu=True),
         Variant("fast_compile", compile=True),
         Variant("fast_bf16_compile", precision="bf16", compile=True),
-        Variant("plain_bf16", precision="bf16", attention="eager", single_itm=False, masked_mlm=False, queue_in_place=False),
+        Variant(
+            "plain_bf16", precision="bf16", attention="eager", single_itm=False, masked_mlm=False, queue_in_place=False,
+            itm_first_token=False,
+        ),
     )
 }
 
@@ -177,6 +181,7 @@ def pretrain_workload(
         itm_single_fusion_call=variant.single_itm,
         mlm_masked_positions_only=variant.masked_mlm,
         itc_queue_in_place=variant.queue_in_place,
+        itm_first_token_only=variant.itm_first_token,
     )
     module.to(device)
     _finish(module, variant)

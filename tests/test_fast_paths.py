@@ -250,6 +250,42 @@ def test_itc_reading_the_queue_in_place_equals_albefs_copy_and_keeps_no_copy():
     assert saved["copy"] - saved["in_place"] >= queue_bytes  # the two copies autograd no longer keeps
 
 
+# --- ITM: the last fusion layer at [CLS] only ---------------------------------------------------------
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("streams", [1, 2])
+def test_first_token_only_fusion_equals_the_full_fusion_at_cls(attention, streams):
+    torch.manual_seed(0)
+    model = ALBEF(quiet_arch(attention=attention, fusion_streams=streams, grad_checkpointing=True)).train()
+    batch = make_batch()
+    image = model.encode_image(batch["image"]).embeds
+    images = image if streams == 1 else [image, image.flip(0)]
+    text = model.encode_text(batch["input_ids"], batch["attention_mask"]).embeds
+    full = model.fuse(text, batch["attention_mask"], images)
+    first = model.fuse(text, batch["attention_mask"], images, first_token_only=True)
+    assert first.shape == (4, 1, text.shape[-1])
+    torch.testing.assert_close(first, full[:, :1], rtol=1e-5, atol=1e-6)
+    grads = [torch.autograd.grad(out[:, 0].square().sum(), model.fusion_encoder.layer[-1].attention.self.key.weight)[0]
+             for out in (full, first)]
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)  # the last layer's keys still see every token
+
+
+def test_itm_first_token_only_gives_the_same_loss_and_gradients_and_saves_less():
+    every = make_module(itm_first_token_only=False)
+    first = copy.deepcopy(every)
+    first.itm_first_token_only = True
+    batch = make_batch()
+    losses, saved = {}, {}
+    for name, module in (("every", every), ("first", first)):
+        saved[name] = saved_activation_bytes(lambda m=module, n=name: losses.__setitem__(n, seeded_losses(m, batch)))
+    for term in ("itm", "loss"):
+        torch.testing.assert_close(losses["first"][term], losses["every"][term], rtol=1e-6, atol=1e-7)
+    assert_same_grads(grads_of(every, losses["every"]["loss"]), grads_of(first, losses["first"]["loss"]), rtol=1e-4, atol=1e-7)
+    # the last layer's FFN no longer keeps its text positions for the 3B ITM pairs: [3B, L - 1, intermediate]
+    intermediate = every.model.config.text.intermediate
+    ffn_bytes = 3 * 4 * (batch["input_ids"].shape[1] - 1) * intermediate * 4
+    assert saved["first"] <= saved["every"] - ffn_bytes
+
+
 # --- fused AdamW ------------------------------------------------------------------------------------------
 def optimizer_for(module: PretrainModule) -> torch.optim.Optimizer:
     """``configure_optimizers`` with a stand-in trainer (it only reads the step counts)."""

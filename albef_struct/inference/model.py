@@ -144,7 +144,7 @@ class InferenceModel:
                 tokens = _rows(text_batches, rows, count_texts(texts))
                 text = self.model.encode_text(tokens["input_ids"], tokens["attention_mask"]).embeds
                 image = image_embeds[rows % image_embeds.shape[0]]
-                fused = self.model.fuse(text, tokens["attention_mask"], image)
+                fused = self.model.fuse(text, tokens["attention_mask"], image, first_token_only=True)
                 logits = self.model.itm_logits(fused).float()
                 out.append((logits[:, 1] if logit else logits.softmax(dim=-1)[:, 1]).cpu())
         return torch.cat(out)

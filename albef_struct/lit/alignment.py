@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, NamedTuple
 
 import torch
@@ -43,6 +44,7 @@ class AlignmentMixin:
     itm_single_fusion_call: bool
     itm_uniform_negative_steps: int = 0
     itc_queue_in_place: bool = True
+    itm_first_token_only: bool = True
     _pending_enqueue: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
 
     def encode_batch(self, batch: dict[str, Any]) -> EncodedBatch:
@@ -137,10 +139,12 @@ class AlignmentMixin:
         texts = torch.cat([text.embeds, text.embeds, text.embeds[neg_text]])
         masks = torch.cat([mask, mask, mask[neg_text]])
         images = torch.cat([image.embeds, image.embeds[neg_image], image.embeds])
+        first_only = self.itm_first_token_only
         if self.itm_single_fusion_call:
-            logits = self.model.itm_logits(self.model.fuse(texts, masks, images))
+            logits = self.model.itm_logits(self.model.fuse(texts, masks, images, first_token_only=first_only))
         else:  # ALBEF's two calls: matched pairs, then both kinds of negatives
-            positive = self.model.itm_logits(self.model.fuse(texts[:batch], masks[:batch], images[:batch]))
-            negative = self.model.itm_logits(self.model.fuse(texts[batch:], masks[batch:], images[batch:]))
+            fuse = partial(self.model.fuse, first_token_only=first_only)
+            positive = self.model.itm_logits(fuse(texts[:batch], masks[:batch], images[:batch]))
+            negative = self.model.itm_logits(fuse(texts[batch:], masks[batch:], images[batch:]))
             logits = torch.cat([positive, negative])
         return itm_loss(logits[:batch], logits[batch:])

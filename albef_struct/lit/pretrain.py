@@ -61,6 +61,9 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
             first; with hard ones from step 0 ITM can sit at its prior for hundreds of steps.
         mlm_masked_positions_only: project only masked tokens onto the vocabulary
             (same loss; the full projection dominates a small model's step).
+        itm_first_token_only: the last fusion layer of the ITM pairs computes the [CLS] position
+            alone, the only one the ITM head reads (same loss to rounding, 1/fusion-layers less
+            of the pairs' text-side work and memory); off: every position, as ALBEF.
         itc_queue_in_place: ALBEF's ITC reads the feature queue itself, and a step's momentum
             features enter it after the backward pass (same loss; saves the two queue copies ALBEF
             keeps for backward, 2 x 64 MiB at its queue size); off: ALBEF's copy.
@@ -90,6 +93,7 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         itm_single_fusion_call: bool = True,
         itm_uniform_negative_steps: int = 0,
         mlm_masked_positions_only: bool = True,
+        itm_first_token_only: bool = True,
         itc_queue_in_place: bool = True,
         text_init: str | None = None,
         init_from: str | None = None,
@@ -129,6 +133,7 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         self.itm_uniform_negative_steps = checked_uniform_negative_steps(itm_uniform_negative_steps)
         self.mlm_masked_positions_only = mlm_masked_positions_only
         self.itc_queue_in_place = itc_queue_in_place
+        self.itm_first_token_only = itm_first_token_only
         self.k_test = k_test
         self.rerank_batch_size = rerank_batch_size
         self.load_init_weights()

@@ -25,7 +25,9 @@ from transformers.models.bert.modeling_bert import (
     BertOutput,
     BertPredictionHeadTransform,
     BertSelfAttention,
+    eager_attention_forward,
 )
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 # ALBEF's additive mask value for padded positions (exp(-1e4) underflows to 0 in fp32).
 MASK_VALUE = -10000.0
@@ -142,12 +144,36 @@ class FusionLayer(nn.Module):
         attention_mask: torch.Tensor,
         encoder_hidden: torch.Tensor,
         encoder_mask: torch.Tensor | None,
+        first_token_only: bool = False,
     ) -> torch.Tensor:
-        hidden = self.attention(hidden, attention_mask)[0]
+        """``[N, L, hidden]``; with ``first_token_only`` ``[N, 1, hidden]``: the [CLS] position alone,
+        attending every position as before (the rows a [CLS] head reads, without the others' cost)."""
+        if first_token_only:
+            hidden = first_query_self_attention(self.attention, hidden, attention_mask)
+        else:
+            hidden = self.attention(hidden, attention_mask)[0]
         hidden = self.crossattention(
             hidden, encoder_hidden_states=encoder_hidden, encoder_attention_mask=encoder_mask
         )[0]
         return self.output(self.intermediate(hidden), hidden)
+
+
+def first_query_self_attention(attention: BertAttention, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """BERT self-attention output at position 0 only: its query against every key and value."""
+    heads = attention.self
+    batch, length, _ = hidden.shape
+    first = hidden[:, :1]
+
+    def split(x: torch.Tensor, positions: int) -> torch.Tensor:
+        return x.view(batch, positions, -1, heads.attention_head_size).transpose(1, 2)
+
+    query = split(heads.query(first), 1)
+    key, value = split(heads.key(hidden), length), split(heads.value(hidden), length)
+    attend = ALL_ATTENTION_FUNCTIONS.get_interface(heads.config._attn_implementation, eager_attention_forward)
+    context, _ = attend(
+        heads, query, key, value, mask, dropout=heads.dropout.p if heads.training else 0.0, scaling=heads.scaling
+    )
+    return attention.output(context.reshape(batch, 1, -1).contiguous(), first)
 
 
 class FusionEncoder(_LayerStack):
@@ -183,16 +209,20 @@ class FusionEncoder(_LayerStack):
         text_mask: torch.Tensor,
         image_embeds: torch.Tensor | Sequence[torch.Tensor],
         image_mask: torch.Tensor | Sequence[torch.Tensor] | None = None,
+        first_token_only: bool = False,
     ) -> torch.Tensor:
+        """``[N, L, hidden]``, or ``[N, 1, hidden]`` with ``first_token_only`` (the last layer computes
+        the [CLS] position alone: what ITM and the classifiers read, at less cost)."""
         images = [image_embeds] if isinstance(image_embeds, torch.Tensor) else list(image_embeds)
         if len(images) != self.streams:
             raise ValueError(f"fusion encoder expects {self.streams} image stream(s), got {len(images)}")
         masks = _stream_masks(image_mask, images, text_embeds.dtype)
         mask = additive_mask(text_mask, text_embeds.dtype)
         hidden = text_embeds
+        last = len(self.layer) - 1
         for i, layer in enumerate(self.layer):
             stream = i % self.streams
-            hidden = self._run(layer, hidden, mask, images[stream], masks[stream])
+            hidden = self._run(layer, hidden, mask, images[stream], masks[stream], first_token_only and i == last)
         return hidden
 
 

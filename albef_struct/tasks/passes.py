@@ -20,7 +20,7 @@ def ve_logits(
     """Class logits ``[B, 3]``: text layers, fusion layers attending every image token, ``cls_head``."""
     image = model.encode_image(images).embeds
     text = model.encode_text(input_ids, attention_mask).embeds
-    return model.classify(model.fuse(text, attention_mask, image))
+    return model.classify(model.fuse(text, attention_mask, image, first_token_only=True))
 
 
 def fuse_pair(

@@ -81,6 +81,8 @@ class RetrievalModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         itm_single_fusion_call: fuse positive and negative ITM pairs in one call (same numbers).
         itm_uniform_negative_steps: optimizer steps with uniformly drawn (easy) ITM negatives
             before ALBEF's hard negatives (ALBEF: 0).
+        itm_first_token_only: the last fusion layer of the ITM pairs computes [CLS] alone (same loss
+            to rounding, less work); off: every position, as ALBEF.
         itc_queue_in_place: the ITC loss reads the queue itself and the step's momentum features
             enter it after backward (same loss, two queue copies less memory); off: ALBEF's copy.
         init_from: checkpoint to start from (this project's, or an official ALBEF file).
@@ -101,6 +103,7 @@ class RetrievalModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         same_image_positives: bool = True,
         itm_single_fusion_call: bool = True,
         itm_uniform_negative_steps: int = 0,
+        itm_first_token_only: bool = True,
         itc_queue_in_place: bool = True,
         init_from: str | None = None,
         text_dropout: float | None = None,
@@ -120,6 +123,7 @@ class RetrievalModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         self.itm_single_fusion_call = itm_single_fusion_call
         self.itm_uniform_negative_steps = checked_uniform_negative_steps(itm_uniform_negative_steps)
         self.itc_queue_in_place = itc_queue_in_place
+        self.itm_first_token_only = itm_first_token_only
         self.k_test = k_test
         self.rerank_batch_size = rerank_batch_size
         self.load_init_weights()

@@ -55,7 +55,7 @@ def itm_match_scores(
     for start in range(0, order.shape[0], batch_size):
         chunk = order[start : start + batch_size]
         width = int(lengths[chunk].max())
-        fused = model.fuse(text_embeds[chunk, :width], text_masks[chunk, :width], image_embeds[chunk])
+        fused = model.fuse(text_embeds[chunk, :width], text_masks[chunk, :width], image_embeds[chunk], first_token_only=True)
         scores[chunk] = model.itm_logits(fused)[:, 1].float()
     return scores
 
