@@ -540,7 +540,8 @@ def _loss_step(heads: ProjectionHeads, loss: ContrastiveLoss, queued: _Queued | 
     if queued is not None and queued.queue is not None:
         ramp = min(1.0, step / queued.alpha_warmup_steps) if queued.alpha_warmup_steps else 1.0
         image_ids = data.pair_image[index]
-        inputs.image_queue, inputs.text_queue = queued.queue.image_feats, queued.queue.text_feats
+        # copies: the queue is updated below, before the caller's backward pass reads the loss's inputs
+        inputs.image_queue, inputs.text_queue = queued.queue.image_feats.clone(), queued.queue.text_feats.clone()
         inputs.alpha, inputs.image_ids, inputs.queue_ids = queued.alpha * ramp, image_ids, queued.queue.idx
         parts["contrastive"] = loss(inputs).loss
         queued.queue.enqueue(inputs.image_feat_m, inputs.text_feat_m, image_ids)

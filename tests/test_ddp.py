@@ -241,6 +241,7 @@ def single_process(out: Path, case: str) -> tuple[torch.Tensor, dict[str, torch.
     module.train()
     loss = module.pretrain_losses(global_batch(), alpha=module.alpha)["loss"]
     loss.backward()
+    module.on_after_backward()  # as Lightning calls it: the queue takes the batch's momentum features
     grads = {n: p.grad for n, p in module.named_parameters() if p.grad is not None}
     return loss.detach(), grads, saved_state(module)
 

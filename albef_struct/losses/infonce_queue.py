@@ -31,6 +31,9 @@ class InfoNCEQueueLoss(ContrastiveLoss):
     positives are the diagonal, or every candidate of the same image when
     ``same_image_positives`` is on and image ids are given (retrieval). The
     student's logits use the teacher's candidate features, as ALBEF does.
+
+    The queues are read as given, not copied: a caller that updates its queue
+    before the backward pass must pass copies (``AlignmentMixin`` enqueues after it).
     """
 
     uses_queue = True
