@@ -244,6 +244,32 @@ def test_reranking_the_whole_gallery_equals_full_itm_scoring():
     assert (score_i2t > -100).all()
     pairs = itm_match_scores(model, image.embeds[[0, 3]], text.embeds[[2, 1]], batch["attention_mask"][[2, 1]], 1)
     torch.testing.assert_close(pairs, full[[0, 3], [2, 1]], atol=1e-5, rtol=0)
+    by_index = itm_match_scores(model, image.embeds, text.embeds, batch["attention_mask"], 2,
+                                image_index=torch.tensor([0, 3, 4]), text_index=torch.tensor([2, 1, 1]))
+    torch.testing.assert_close(by_index, full[[0, 3, 4], [2, 1, 1]], atol=1e-5, rtol=0)
+
+
+def test_rerank_gathers_each_chunk_from_the_gallery_instead_of_copying_every_pair(monkeypatch):
+    """k_test pairs per query: a copy of every pair's tokens would be k_test x the gallery (TBs at ALBEF's 5k / 256)."""
+    from albef_struct.tasks import retrieval_scores
+
+    torch.manual_seed(0)
+    model = RetrievalModule(arch=tiny_config(), queue_size=16).model.eval()
+    batch = make_batch([0, 1, 2, 3, 4])
+    with torch.no_grad():
+        image = model.encode_image(batch["image"])
+        text = model.encode_text(batch["input_ids"], batch["attention_mask"])
+    gallery = EncodedGallery(image.embeds, image.feat, text.embeds, batch["attention_mask"], text.feat, batch["image_idx"])
+    fused_rows: list[int] = []
+    fuse = model.fuse
+    monkeypatch.setattr(model, "fuse", lambda t, m, i, **kw: fused_rows.append(i.shape[0]) or fuse(t, m, i, **kw))
+    calls = []
+    original = retrieval_scores.itm_match_scores
+    monkeypatch.setattr(retrieval_scores, "itm_match_scores",
+                        lambda model, images, texts, *a, **kw: calls.append((images, texts)) or original(model, images, texts, *a, **kw))
+    rerank(model, gallery, k_test=4, batch_size=3)
+    assert len(calls) == 2 and all(i is gallery.image_embeds and t is gallery.text_embeds for i, t in calls)
+    assert max(fused_rows) == 3 and sum(fused_rows) == 2 * 5 * 4  # chunks of 3, every pair once per direction
 
 
 def eval_loaders(text_lengths: tuple[int, int] = (5, 7)) -> tuple[list[dict], list[dict]]:

@@ -43,19 +43,30 @@ def itm_match_scores(
     text_embeds: torch.Tensor,
     text_masks: torch.Tensor,
     batch_size: int,
+    image_index: torch.Tensor | None = None,
+    text_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """ITM "match" logit for aligned pairs (row i of each input), in chunks of ``batch_size``.
 
+    With ``image_index`` / ``text_index`` the embeddings are galleries and pair i is
+    (``image_index[i]``, ``text_index[i]``): each chunk gathers only its own rows, so
+    k_test pairs per query never hold a copy of every pair's tokens at once.
     Pairs are processed shortest text first and each chunk is cut to its longest
     text, so evaluation padding costs nothing.
     """
-    lengths = text_masks.sum(dim=1)
+    n_pairs = (image_index if image_index is not None else image_embeds).shape[0]
+    image_rows = image_index if image_index is not None else torch.arange(n_pairs, device=image_embeds.device)
+    text_rows = text_index if text_index is not None else torch.arange(n_pairs, device=text_embeds.device)
+    lengths = text_masks.sum(dim=1)[text_rows]
     order = lengths.argsort()
-    scores = torch.empty(order.shape[0], device=image_embeds.device)
-    for start in range(0, order.shape[0], batch_size):
+    scores = torch.empty(n_pairs, device=image_embeds.device)
+    for start in range(0, n_pairs, batch_size):
         chunk = order[start : start + batch_size]
         width = int(lengths[chunk].max())
-        fused = model.fuse(text_embeds[chunk, :width], text_masks[chunk, :width], image_embeds[chunk], first_token_only=True)
+        texts = text_rows[chunk]
+        fused = model.fuse(
+            text_embeds[texts, :width], text_masks[texts, :width], image_embeds[image_rows[chunk]], first_token_only=True
+        )
         scores[chunk] = model.itm_logits(fused)[:, 1].float()
     return scores
 
@@ -98,7 +109,8 @@ def rerank(
 
     def i2t_pairs(images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
         return itm_match_scores(
-            model, gallery.image_embeds[images], gallery.text_embeds[texts], gallery.text_masks[texts], batch_size
+            model, gallery.image_embeds, gallery.text_embeds, gallery.text_masks, batch_size,
+            image_index=images, text_index=texts,
         )
 
     def t2i_pairs(texts: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
