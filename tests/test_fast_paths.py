@@ -269,6 +269,28 @@ def test_first_token_only_fusion_equals_the_full_fusion_at_cls(attention, stream
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)  # the last layer's keys still see every token
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_fusion_on_indexed_images_equals_fusion_on_their_copies(attention):
+    """Distinct images + a row index (keys/values projected once per image) = every row's own image copy."""
+    torch.manual_seed(0)
+    model = ALBEF(quiet_arch(attention=attention)).train()
+    batch = make_batch()
+    image = model.encode_image(batch["image"]).embeds
+    text = model.encode_text(batch["input_ids"], batch["attention_mask"]).embeds
+    image_mask = torch.ones(image.shape[:2], dtype=torch.long)
+    image_mask[2, -1] = 0  # one padded image token, which its rows must not attend
+    for index in (torch.tensor([2, 0, 0, 3]), torch.zeros(4, dtype=torch.long)):
+        copies = model.fuse(text, batch["attention_mask"], image[index], image_mask[index])
+        indexed = model.fuse(text, batch["attention_mask"], image, image_mask, image_index=index)
+        torch.testing.assert_close(indexed, copies, rtol=1e-6, atol=1e-6)
+        grads = [torch.autograd.grad(out.square().sum(), image, retain_graph=True)[0] for out in (copies, indexed)]
+        torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
+    one = model.fuse(text, batch["attention_mask"], image[1:2], image_index=torch.zeros(4, dtype=torch.long))
+    torch.testing.assert_close(one, model.fuse(text, batch["attention_mask"], image[1:2].expand(4, -1, -1)), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="one-stream"):
+        ALBEF(quiet_arch(fusion_streams=2)).fuse(text, batch["attention_mask"], [image, image], image_index=torch.zeros(4, dtype=torch.long))
+
+
 def test_itm_first_token_only_gives_the_same_loss_and_gradients_and_saves_less():
     every = make_module(itm_first_token_only=False)
     first = copy.deepcopy(every)

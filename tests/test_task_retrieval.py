@@ -249,8 +249,9 @@ def test_reranking_the_whole_gallery_equals_full_itm_scoring():
     torch.testing.assert_close(by_index, full[[0, 3, 4], [2, 1, 1]], atol=1e-5, rtol=0)
 
 
-def test_rerank_gathers_each_chunk_from_the_gallery_instead_of_copying_every_pair(monkeypatch):
-    """k_test pairs per query: a copy of every pair's tokens would be k_test x the gallery (TBs at ALBEF's 5k / 256)."""
+def test_rerank_gathers_each_chunk_from_the_gallery_and_projects_each_image_once_per_chunk(monkeypatch):
+    """k_test pairs per query: a copy of every pair's tokens would be k_test x the gallery (TBs at ALBEF's 5k / 256);
+    pairs are grouped by image, so a query image's texts share its cross-attention keys and values."""
     from albef_struct.tasks import retrieval_scores
 
     torch.manual_seed(0)
@@ -260,16 +261,24 @@ def test_rerank_gathers_each_chunk_from_the_gallery_instead_of_copying_every_pai
         image = model.encode_image(batch["image"])
         text = model.encode_text(batch["input_ids"], batch["attention_mask"])
     gallery = EncodedGallery(image.embeds, image.feat, text.embeds, batch["attention_mask"], text.feat, batch["image_idx"])
-    fused_rows: list[int] = []
+    chunks: list[tuple[int, int]] = []  # (pairs, distinct images) per fusion call
     fuse = model.fuse
-    monkeypatch.setattr(model, "fuse", lambda t, m, i, **kw: fused_rows.append(i.shape[0]) or fuse(t, m, i, **kw))
+
+    def spy(t, m, i, **kw):
+        chunks.append((t.shape[0], i.shape[0]))
+        return fuse(t, m, i, **kw)
+
+    monkeypatch.setattr(model, "fuse", spy)
     calls = []
     original = retrieval_scores.itm_match_scores
     monkeypatch.setattr(retrieval_scores, "itm_match_scores",
                         lambda model, images, texts, *a, **kw: calls.append((images, texts)) or original(model, images, texts, *a, **kw))
-    rerank(model, gallery, k_test=4, batch_size=3)
+    rerank(model, gallery, k_test=4, batch_size=4)
     assert len(calls) == 2 and all(i is gallery.image_embeds and t is gallery.text_embeds for i, t in calls)
-    assert max(fused_rows) == 3 and sum(fused_rows) == 2 * 5 * 4  # chunks of 3, every pair once per direction
+    assert max(p for p, _ in chunks) == 4 and sum(p for p, _ in chunks) == 2 * 5 * 4  # every pair once per direction
+    i2t = chunks[: len(chunks) // 2]
+    assert all(images == 1 for _, images in i2t)  # one query image's 4 texts per chunk: its keys/values once
+    assert sum(images for _, images in chunks) < sum(p for p, _ in chunks)
 
 
 def eval_loaders(text_lengths: tuple[int, int] = (5, 7)) -> tuple[list[dict], list[dict]]:

@@ -138,11 +138,14 @@ class AlignmentMixin:
         batch = mask.shape[0]
         texts = torch.cat([text.embeds, text.embeds, text.embeds[neg_text]])
         masks = torch.cat([mask, mask, mask[neg_text]])
-        images = torch.cat([image.embeds, image.embeds[neg_image], image.embeds])
+        own = torch.arange(batch, device=neg_image.device)
+        image_index = torch.cat([own, neg_image, own])
         first_only = self.itm_first_token_only
-        if self.itm_single_fusion_call:
-            logits = self.model.itm_logits(self.model.fuse(texts, masks, images, first_token_only=first_only))
+        if self.itm_single_fusion_call:  # each image's cross-attention keys and values projected once
+            fused = self.model.fuse(texts, masks, image.embeds, first_token_only=first_only, image_index=image_index)
+            logits = self.model.itm_logits(fused)
         else:  # ALBEF's two calls: matched pairs, then both kinds of negatives
+            images = image.embeds[image_index]
             fuse = partial(self.model.fuse, first_token_only=first_only)
             positive = self.model.itm_logits(fuse(texts[:batch], masks[:batch], images[:batch]))
             negative = self.model.itm_logits(fuse(texts[batch:], masks[batch:], images[batch:]))

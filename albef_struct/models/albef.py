@@ -203,10 +203,13 @@ class ALBEF(nn.Module):
         image_embeds: torch.Tensor | list[torch.Tensor],
         image_mask: torch.Tensor | list[torch.Tensor] | None = None,
         first_token_only: bool = False,
+        image_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Fusion-encoder hidden states for text attending image tokens; with ``first_token_only``
-        the [CLS] state alone (``[N, 1, hidden]``, enough for ``itm_logits`` and ``classify``)."""
-        return self.fusion_encoder(text_embeds, text_mask, image_embeds, image_mask, first_token_only)
+        the [CLS] state alone (``[N, 1, hidden]``, enough for ``itm_logits`` and ``classify``); with
+        ``image_index`` text row i attends ``image_embeds[image_index[i]]`` (distinct images, each
+        projected once)."""
+        return self.fusion_encoder(text_embeds, text_mask, image_embeds, image_mask, first_token_only, image_index)
 
     def itm_logits(self, fused: torch.Tensor) -> torch.Tensor:
         """Match / no-match logits from the fused [CLS]; class 1 means "match"."""

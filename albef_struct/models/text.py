@@ -145,16 +145,22 @@ class FusionLayer(nn.Module):
         encoder_hidden: torch.Tensor,
         encoder_mask: torch.Tensor | None,
         first_token_only: bool = False,
+        encoder_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``[N, L, hidden]``; with ``first_token_only`` ``[N, 1, hidden]``: the [CLS] position alone,
-        attending every position as before (the rows a [CLS] head reads, without the others' cost)."""
+        attending every position as before (the rows a [CLS] head reads, without the others' cost).
+        With ``encoder_index`` ``[N]``, ``encoder_hidden`` holds distinct images and row i attends
+        image ``encoder_index[i]``: each image's keys and values are computed once."""
         if first_token_only:
             hidden = first_query_self_attention(self.attention, hidden, attention_mask)
         else:
             hidden = self.attention(hidden, attention_mask)[0]
-        hidden = self.crossattention(
-            hidden, encoder_hidden_states=encoder_hidden, encoder_attention_mask=encoder_mask
-        )[0]
+        if encoder_index is None:
+            hidden = self.crossattention(
+                hidden, encoder_hidden_states=encoder_hidden, encoder_attention_mask=encoder_mask
+            )[0]
+        else:
+            hidden = indexed_cross_attention(self.crossattention, hidden, encoder_hidden, encoder_index, encoder_mask)
         return self.output(self.intermediate(hidden), hidden)
 
 
@@ -174,6 +180,34 @@ def first_query_self_attention(attention: BertAttention, hidden: torch.Tensor, m
         heads, query, key, value, mask, dropout=heads.dropout.p if heads.training else 0.0, scaling=heads.scaling
     )
     return attention.output(context.reshape(batch, 1, -1).contiguous(), first)
+
+
+def indexed_cross_attention(
+    attention: BertAttention,
+    hidden: torch.Tensor,
+    images: torch.Tensor,
+    index: torch.Tensor,
+    image_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """BERT cross-attention of ``hidden`` row i to ``images[index[i]]``, projecting each image's keys and
+    values once (re-ranking pairs one image with many texts; ITM pairs reuse the batch's images)."""
+    heads = attention.self
+    batch, length, _ = hidden.shape
+
+    def split(x: torch.Tensor) -> torch.Tensor:
+        return x.view(*x.shape[:2], -1, heads.attention_head_size).transpose(1, 2)
+
+    def rows(x: torch.Tensor) -> torch.Tensor:
+        return x.expand(batch, *x.shape[1:]) if x.shape[0] == 1 else x.index_select(0, index)
+
+    query = split(heads.query(hidden))
+    key, value = rows(split(heads.key(images))), rows(split(heads.value(images)))
+    mask = None if image_mask is None else rows(image_mask)
+    attend = ALL_ATTENTION_FUNCTIONS.get_interface(heads.config._attn_implementation, eager_attention_forward)
+    context, _ = attend(
+        heads, query, key, value, mask, dropout=heads.dropout.p if heads.training else 0.0, scaling=heads.scaling
+    )
+    return attention.output(context.reshape(batch, length, -1).contiguous(), hidden)
 
 
 class FusionEncoder(_LayerStack):
@@ -210,9 +244,14 @@ class FusionEncoder(_LayerStack):
         image_embeds: torch.Tensor | Sequence[torch.Tensor],
         image_mask: torch.Tensor | Sequence[torch.Tensor] | None = None,
         first_token_only: bool = False,
+        image_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``[N, L, hidden]``, or ``[N, 1, hidden]`` with ``first_token_only`` (the last layer computes
-        the [CLS] position alone: what ITM and the classifiers read, at less cost)."""
+        the [CLS] position alone: what ITM and the classifiers read, at less cost). With ``image_index``
+        (one stream only) ``image_embeds`` holds distinct images and text row i attends
+        ``image_embeds[image_index[i]]`` (each image's keys and values projected once per layer)."""
+        if image_index is not None and self.streams != 1:
+            raise ValueError("image_index needs a one-stream fusion encoder (NLVR2's pairs have no shared images)")
         images = [image_embeds] if isinstance(image_embeds, torch.Tensor) else list(image_embeds)
         if len(images) != self.streams:
             raise ValueError(f"fusion encoder expects {self.streams} image stream(s), got {len(images)}")
@@ -222,7 +261,9 @@ class FusionEncoder(_LayerStack):
         last = len(self.layer) - 1
         for i, layer in enumerate(self.layer):
             stream = i % self.streams
-            hidden = self._run(layer, hidden, mask, images[stream], masks[stream], first_token_only and i == last)
+            hidden = self._run(
+                layer, hidden, mask, images[stream], masks[stream], first_token_only and i == last, image_index
+            )
         return hidden
 
 

@@ -51,21 +51,25 @@ def itm_match_scores(
     With ``image_index`` / ``text_index`` the embeddings are galleries and pair i is
     (``image_index[i]``, ``text_index[i]``): each chunk gathers only its own rows, so
     k_test pairs per query never hold a copy of every pair's tokens at once.
-    Pairs are processed shortest text first and each chunk is cut to its longest
-    text, so evaluation padding costs nothing.
+    Pairs are processed grouped by image, shortest text first within an image, and each
+    chunk is cut to its longest text; a chunk projects each of its distinct images' keys and
+    values once per fusion layer (a query image's k_test texts share one projection).
     """
     n_pairs = (image_index if image_index is not None else image_embeds).shape[0]
     image_rows = image_index if image_index is not None else torch.arange(n_pairs, device=image_embeds.device)
     text_rows = text_index if text_index is not None else torch.arange(n_pairs, device=text_embeds.device)
     lengths = text_masks.sum(dim=1)[text_rows]
-    order = lengths.argsort()
+    by_length = lengths.argsort(stable=True)
+    order = by_length[image_rows[by_length].argsort(stable=True)]  # by image, then by text length
     scores = torch.empty(n_pairs, device=image_embeds.device)
     for start in range(0, n_pairs, batch_size):
         chunk = order[start : start + batch_size]
         width = int(lengths[chunk].max())
         texts = text_rows[chunk]
+        images, index = image_rows[chunk].unique(return_inverse=True)
         fused = model.fuse(
-            text_embeds[texts, :width], text_masks[texts, :width], image_embeds[image_rows[chunk]], first_token_only=True
+            text_embeds[texts, :width], text_masks[texts, :width], image_embeds[images],
+            first_token_only=True, image_index=index,
         )
         scores[chunk] = model.itm_logits(fused)[:, 1].float()
     return scores
