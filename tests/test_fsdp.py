@@ -277,16 +277,31 @@ def fsdp_run(tmp_path_factory) -> Path:
 RTOL, ATOL = 1e-5, 1e-9  # ATOL: for tensors that are analytically zero (attention key biases get ~1e-11 noise)
 
 
-def assert_same_tensors(actual: dict, expected: dict, what: str) -> None:
-    """Same names, and each tensor within ``RTOL`` of its largest value (+ ``ATOL``) of the expected one."""
+def assert_same_tensors(actual: dict, expected: dict, what: str, skip: dict | None = None) -> None:
+    """Same names, and each tensor within ``RTOL`` of its largest value (+ ``ATOL``) of the expected one;
+    ``skip`` maps names to boolean masks of elements left out."""
     assert actual.keys() == expected.keys(), f"{what}: {sorted(actual.keys() ^ expected.keys())}"
     for name, value in expected.items():
         if not value.is_floating_point():
             assert torch.equal(actual[name], value), f"{what} {name}"
             continue
+        keep = ~skip[name] if skip and name in skip else torch.ones_like(value, dtype=torch.bool)
         scale = float(value.abs().max()) if value.numel() else 0.0
-        difference = float((actual[name] - value).abs().max()) if value.numel() else 0.0
+        difference = float((actual[name] - value).abs()[keep].max()) if keep.any() else 0.0
         assert difference <= RTOL * scale + ATOL, f"{what} {name}: differs by {difference:.3g} (largest value {scale:.3g})"
+
+
+def noise_driven(grads: dict) -> dict:
+    """Weights whose gradient is rounding noise (analytically zero: attention key biases), student and teacher.
+
+    Adam divides a gradient by its own running magnitude, so a 1e-11 noise gradient moves its weight by
+    a sizeable fraction of the learning rate, in a direction set by the noise; FSDP sums a tensor used by
+    several fusion units (the image tokens) in another order than DDP, so those weights legitimately
+    differ after a step, while every gradient still agrees within ATOL.
+    """
+    masks = {name: (grad != 0) & (grad.abs() <= ATOL) for name, grad in grads.items()}  # exact zeros move alike
+    masks.update({f"teacher.{name}": mask for name, mask in masks.items()})
+    return masks
 
 
 @pytest.mark.parametrize("case", STEP_CASES)
@@ -301,7 +316,9 @@ def test_sharded_steps_equal_ddp(fsdp_run, case):
         torch.testing.assert_close(fsdp["loss"], ddp["loss"], rtol=RTOL, atol=ATOL)
         assert len(ddp["grads"]) > 10
         assert_same_tensors(fsdp["grads"], ddp["grads"], f"rank {rank} gradient")
-        assert_same_tensors(fsdp["after"], ddp["after"], f"rank {rank} after two steps")
+        skip = noise_driven(ddp["grads"])
+        assert sum(int(m.sum()) for m in skip.values()) <= 0.01 * sum(m.numel() for m in skip.values())
+        assert_same_tensors(fsdp["after"], ddp["after"], f"rank {rank} after two steps", skip)
         moved = [n for n in fsdp["after"].keys() & init.keys() if n.startswith(("model.", "teacher.", "queue.", "contrastive."))
                  and not torch.equal(fsdp["after"][n], init[n])]
         assert any(n.startswith("teacher.") for n in moved) and any(n.startswith("model.") for n in moved)
