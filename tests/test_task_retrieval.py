@@ -249,6 +249,25 @@ def test_reranking_the_whole_gallery_equals_full_itm_scoring():
     torch.testing.assert_close(by_index, full[[0, 3, 4], [2, 1, 1]], atol=1e-5, rtol=0)
 
 
+def test_aligned_pairs_are_scored_shortest_text_first_in_chunks_cut_to_their_longest_text(monkeypatch):
+    torch.manual_seed(0)
+    model = RetrievalModule(arch=tiny_config(), queue_size=16).model.eval()
+    batch = make_batch([0, 1, 2, 3], length=9)
+    batch["attention_mask"][0, 4:] = 0
+    batch["attention_mask"][2, 6:] = 0
+    with torch.no_grad():
+        image = model.encode_image(batch["image"]).embeds
+        text = model.encode_text(batch["input_ids"], batch["attention_mask"]).embeds
+    widths: list[int] = []
+    fuse = model.fuse
+    monkeypatch.setattr(model, "fuse", lambda t, m, i, **kw: widths.append(t.shape[1]) or fuse(t, m, i, **kw))
+    scores = itm_match_scores(model, image, text, batch["attention_mask"], 2)
+    assert widths == [6, 9]  # pairs 0 and 2 (4 and 6 tokens), then 1 and 3
+    with torch.no_grad():
+        full = model.itm_logits(fuse(text, batch["attention_mask"], image))[:, 1]
+    torch.testing.assert_close(scores, full, atol=1e-5, rtol=0)
+
+
 def test_rerank_gathers_each_chunk_from_the_gallery_and_projects_each_image_once_per_chunk(monkeypatch):
     """k_test pairs per query: a copy of every pair's tokens would be k_test x the gallery (TBs at ALBEF's 5k / 256);
     pairs are grouped by image, so a query image's texts share its cross-attention keys and values."""

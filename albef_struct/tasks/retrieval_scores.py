@@ -51,7 +51,7 @@ def itm_match_scores(
     With ``image_index`` / ``text_index`` the embeddings are galleries and pair i is
     (``image_index[i]``, ``text_index[i]``): each chunk gathers only its own rows, so
     k_test pairs per query never hold a copy of every pair's tokens at once.
-    Pairs are processed grouped by image, shortest text first within an image, and each
+    Pairs are processed shortest text first (grouped by image first when indexed) and each
     chunk is cut to its longest text; a chunk projects each of its distinct images' keys and
     values once per fusion layer (a query image's k_test texts share one projection).
     """
@@ -59,8 +59,9 @@ def itm_match_scores(
     image_rows = image_index if image_index is not None else torch.arange(n_pairs, device=image_embeds.device)
     text_rows = text_index if text_index is not None else torch.arange(n_pairs, device=text_embeds.device)
     lengths = text_masks.sum(dim=1)[text_rows]
-    by_length = lengths.argsort(stable=True)
-    order = by_length[image_rows[by_length].argsort(stable=True)]  # by image, then by text length
+    order = lengths.argsort(stable=True)
+    if image_index is not None:  # by image, then by text length (aligned pairs: every image differs)
+        order = order[image_rows[order].argsort(stable=True)]
     scores = torch.empty(n_pairs, device=image_embeds.device)
     for start in range(0, n_pairs, batch_size):
         chunk = order[start : start + batch_size]
