@@ -241,7 +241,7 @@ class TextAssignmentModule(ALBEFModule):
         pairs = sample_text_assignment(image.feat.detach(), image_ids, generator)
         fused = fuse_pair(
             self.model, image.embeds[pairs.first], image.embeds[pairs.second],
-            batch["input_ids"], batch["attention_mask"],
+            batch["input_ids"], batch["attention_mask"], first_token_only=True,
         )
         logits = self.model.ta_head(fused[:, 0])
         loss = distilled_cross_entropy(logits, pairs.labels)

@@ -29,10 +29,12 @@ def fuse_pair(
     image1_embeds: torch.Tensor,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
+    first_token_only: bool = False,
 ) -> torch.Tensor:
-    """Fused text states; even fusion layers attend ``image0_embeds``, odd ones ``image1_embeds``."""
+    """Fused text states; even fusion layers attend ``image0_embeds``, odd ones ``image1_embeds``
+    (with ``first_token_only``, the [CLS] state alone: what the NLVR2 and text-assignment heads read)."""
     text = model.encode_text(input_ids, attention_mask).embeds
-    return model.fuse(text, attention_mask, [image0_embeds, image1_embeds])
+    return model.fuse(text, attention_mask, [image0_embeds, image1_embeds], first_token_only=first_token_only)
 
 
 def nlvr_logits(
@@ -45,4 +47,4 @@ def nlvr_logits(
     """NLVR2 logits ``[B, 2]`` (class 1 = "True"); both images go through the ViT in one call."""
     embeds = model.encode_image(torch.cat([image0, image1])).embeds
     embeds0, embeds1 = embeds.split(image0.shape[0])
-    return model.classify(fuse_pair(model, embeds0, embeds1, input_ids, attention_mask))
+    return model.classify(fuse_pair(model, embeds0, embeds1, input_ids, attention_mask, first_token_only=True))
