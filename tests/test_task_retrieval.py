@@ -247,6 +247,8 @@ def test_reranking_the_whole_gallery_equals_full_itm_scoring():
     by_index = itm_match_scores(model, image.embeds, text.embeds, batch["attention_mask"], 2,
                                 image_index=torch.tensor([0, 3, 4]), text_index=torch.tensor([2, 1, 1]))
     torch.testing.assert_close(by_index, full[[0, 3, 4], [2, 1, 1]], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="image_index and text_index together"):
+        itm_match_scores(model, image.embeds, text.embeds, batch["attention_mask"], 2, image_index=torch.tensor([0, 3]))
 
 
 def test_aligned_pairs_are_scored_shortest_text_first_in_chunks_cut_to_their_longest_text(monkeypatch):

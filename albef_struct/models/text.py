@@ -164,22 +164,28 @@ class FusionLayer(nn.Module):
         return self.output(self.intermediate(hidden), hidden)
 
 
-def first_query_self_attention(attention: BertAttention, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """BERT self-attention output at position 0 only: its query against every key and value."""
+def _heads(heads: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``[N, T, hidden]`` projections as ``[N, heads, T, head_size]``."""
+    return x.view(*x.shape[:2], -1, heads.attention_head_size).transpose(1, 2)
+
+
+def _attend(attention: BertAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+            mask: torch.Tensor | None, residual: torch.Tensor) -> torch.Tensor:
+    """The attention kernel the config selects, then BERT's output block (dense, dropout, residual norm)."""
     heads = attention.self
-    batch, length, _ = hidden.shape
-    first = hidden[:, :1]
-
-    def split(x: torch.Tensor, positions: int) -> torch.Tensor:
-        return x.view(batch, positions, -1, heads.attention_head_size).transpose(1, 2)
-
-    query = split(heads.query(first), 1)
-    key, value = split(heads.key(hidden), length), split(heads.value(hidden), length)
     attend = ALL_ATTENTION_FUNCTIONS.get_interface(heads.config._attn_implementation, eager_attention_forward)
     context, _ = attend(
         heads, query, key, value, mask, dropout=heads.dropout.p if heads.training else 0.0, scaling=heads.scaling
     )
-    return attention.output(context.reshape(batch, 1, -1).contiguous(), first)
+    return attention.output(context.reshape(*residual.shape[:2], -1).contiguous(), residual)
+
+
+def first_query_self_attention(attention: BertAttention, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """BERT self-attention output at position 0 only: its query against every key and value."""
+    heads = attention.self
+    first = hidden[:, :1]
+    query = _heads(heads, heads.query(first))
+    return _attend(attention, query, _heads(heads, heads.key(hidden)), _heads(heads, heads.value(hidden)), mask, first)
 
 
 def indexed_cross_attention(
@@ -192,22 +198,13 @@ def indexed_cross_attention(
     """BERT cross-attention of ``hidden`` row i to ``images[index[i]]``, projecting each image's keys and
     values once (re-ranking pairs one image with many texts; ITM pairs reuse the batch's images)."""
     heads = attention.self
-    batch, length, _ = hidden.shape
-
-    def split(x: torch.Tensor) -> torch.Tensor:
-        return x.view(*x.shape[:2], -1, heads.attention_head_size).transpose(1, 2)
 
     def rows(x: torch.Tensor) -> torch.Tensor:
-        return x.expand(batch, *x.shape[1:]) if x.shape[0] == 1 else x.index_select(0, index)
+        return x.expand(hidden.shape[0], *x.shape[1:]) if x.shape[0] == 1 else x.index_select(0, index)
 
-    query = split(heads.query(hidden))
-    key, value = rows(split(heads.key(images))), rows(split(heads.value(images)))
+    key, value = rows(_heads(heads, heads.key(images))), rows(_heads(heads, heads.value(images)))
     mask = None if image_mask is None else rows(image_mask)
-    attend = ALL_ATTENTION_FUNCTIONS.get_interface(heads.config._attn_implementation, eager_attention_forward)
-    context, _ = attend(
-        heads, query, key, value, mask, dropout=heads.dropout.p if heads.training else 0.0, scaling=heads.scaling
-    )
-    return attention.output(context.reshape(batch, length, -1).contiguous(), hidden)
+    return _attend(attention, _heads(heads, heads.query(hidden)), key, value, mask, hidden)
 
 
 class FusionEncoder(_LayerStack):

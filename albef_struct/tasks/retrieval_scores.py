@@ -55,6 +55,12 @@ def itm_match_scores(
     chunk is cut to its longest text; a chunk projects each of its distinct images' keys and
     values once per fusion layer (a query image's k_test texts share one projection).
     """
+    if (image_index is None) != (text_index is None) or (
+        image_index is not None and image_index.shape != text_index.shape
+    ):
+        raise ValueError("itm_match_scores: give image_index and text_index together, one entry per pair "
+                         f"(got {None if image_index is None else tuple(image_index.shape)} and "
+                         f"{None if text_index is None else tuple(text_index.shape)})")
     n_pairs = (image_index if image_index is not None else image_embeds).shape[0]
     image_rows = image_index if image_index is not None else torch.arange(n_pairs, device=image_embeds.device)
     text_rows = text_index if text_index is not None else torch.arange(n_pairs, device=text_embeds.device)
