@@ -44,25 +44,30 @@ def compare_to_plain(rows: list[dict[str, Any]], target: float = SPEED_TARGET) -
             "speedup": ref["median_step_s"] / r["median_step_s"],
             "peak_rss_mb": r["peak_rss_mb"], "memory_ratio": r["peak_rss_mb"] / ref["peak_rss_mb"],
         }
+        if r.get("peak_heap_mb") and ref.get("peak_heap_mb"):
+            entry.update(peak_heap_mb=r["peak_heap_mb"], heap_ratio=r["peak_heap_mb"] / ref["peak_heap_mb"])
         if r.get("profile_top_ops"):
             share = matmul_share(r["profile_top_ops"])
             matmul_s = share * r["median_step_s"]
             entry.update(matmul_share=share, matmul_s=matmul_s, other_s=r["median_step_s"] - matmul_s,
                          other_s_allowed_at_target=ref["median_step_s"] / target - matmul_s)
         entry["meets_target"] = entry["speedup"] >= target and entry["memory_ratio"] <= MEMORY_TARGET
+        if "heap_ratio" in entry:
+            entry["meets_target_by_heap"] = entry["speedup"] >= target and entry["heap_ratio"] <= MEMORY_TARGET
         out.append(entry)
     return out
 
 
 def comparison_table(entries: list[dict[str, Any]]) -> tuple[tuple[str, ...], list[tuple]]:
     """Header and rows for ``format_table``."""
-    header = ("size", "variant", "vs", "step s", "speedup", "peak RSS MB", "memory ratio", "matmul %",
-              "other s", f"other s allowed at {SPEED_TARGET}x")
+    header = ("size", "variant", "vs", "step s", "speedup", "peak RSS MB", "memory ratio", "peak heap MB", "heap ratio",
+              "matmul %", "other s", f"other s allowed at {SPEED_TARGET}x")
     rows = []
     for e in entries:
         rows.append((
             e["size"], e["variant"], e["reference"], f"{e['step_s']:.2f}", f"{e['speedup']:.2f}x",
             f"{e['peak_rss_mb']:.0f}", f"{e['memory_ratio']:.2f}",
+            f"{e['peak_heap_mb']:.0f}" if "peak_heap_mb" in e else "", f"{e['heap_ratio']:.2f}" if "heap_ratio" in e else "",
             f"{100 * e['matmul_share']:.1f}" if "matmul_share" in e else "",
             f"{e['other_s']:.2f}" if "other_s" in e else "",
             f"{e['other_s_allowed_at_target']:.2f}" if "other_s_allowed_at_target" in e else "",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import resource
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -66,6 +68,59 @@ def current_rss_mb() -> float:
         return pages * resource.getpagesize() / 2**20
     except OSError:
         return peak_rss_mb()
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _heap_reader() -> Callable[[], int] | None:
+    """Bytes of the C heap in use now (glibc's ``mallinfo2``: allocated chunks plus mmapped
+    blocks), or None where the C library has no ``mallinfo2`` (macOS, musl, glibc < 2.33)."""
+    try:
+        libc = ctypes.CDLL(None)
+        mallinfo2 = libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = _MallInfo2
+
+    def in_use() -> int:
+        info = mallinfo2()
+        return info.uordblks + info.hblkhd
+
+    return in_use
+
+
+def peak_heap_mb(fn: Callable[[], Any], calls: int = 2, interval_s: float = 2e-4) -> float | None:
+    """Highest C-heap use (MiB) seen while ``fn`` runs ``calls`` times, sampled every ``interval_s``.
+
+    What the process's allocations hold, without the shared libraries' pages and the freed memory
+    the allocator keeps that the resident set also counts: on a CPU, the counterpart of a GPU's
+    ``max_memory_allocated``. A sample can miss a peak shorter than the interval, so the value
+    is a lower bound; the sampling thread slows ``fn``, so time it separately. None without glibc.
+    """
+    in_use = _heap_reader()
+    if in_use is None:
+        return None
+    peak = in_use()
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, in_use())
+            time.sleep(interval_s)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        for _ in range(calls):
+            fn()
+    finally:
+        done.set()
+        sampler.join()
+    return max(peak, in_use()) / 2**20
 
 
 def gemm_peak(n: int = 2048, dtype: torch.dtype = torch.float32, reps: int = 5, device: str = "cpu") -> dict[str, float]:

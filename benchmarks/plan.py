@@ -50,12 +50,14 @@ AGAINST_PLAIN = ["plain", "fast", "fast_fused_adamw", "fast_recompute_gelu", "fa
                  "fast_bf16_ckpt"]
 
 
-def against_plain_plan(size: str = "small", warmup: int = 2, steps: int = 8) -> list[Row]:
+def against_plain_plan(size: str = "small", warmup: int = 2, steps: int = 8, heap_steps: int = 2) -> list[Row]:
     """Issue 24's comparison: every variant in its own process and profiled (the profile runs after
-    the timed steps and the memory reading), the plain paths being the references. Eight timed steps:
-    with three, two runs of the same row on this shared 2-core machine differed by up to 20 %."""
-    cost = COST[size] + 3 * (warmup + steps)
-    return [step_row("pretrain", size, v, profile=True, warmup=warmup, steps=steps, cost=cost) for v in AGAINST_PLAIN]
+    the timed steps and the memory readings), the plain paths being the references. Eight timed steps:
+    with three, two runs of the same row on this shared 2-core machine differed by up to 20 %. After
+    the timing, ``heap_steps`` more steps under a heap sampler (``measure.peak_heap_mb``)."""
+    cost = COST[size] + 3 * (warmup + steps + heap_steps)
+    return [step_row("pretrain", size, v, profile=True, warmup=warmup, steps=steps, heap_steps=heap_steps, cost=cost)
+            for v in AGAINST_PLAIN]
 
 
 def full_plan(compile_small: bool = False) -> list[Row]:

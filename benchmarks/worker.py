@@ -62,6 +62,8 @@ def run_step_row(spec: dict[str, Any]) -> dict[str, Any]:
     out["peak_step_extra_mb"] = out["peak_rss_mb"] - rss_built
     if cuda:
         out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    elif spec.get("heap_steps"):  # after the RSS reading and the timing: the sampler slows the steps
+        out["peak_heap_mb"] = measure.peak_heap_mb(work.step, spec["heap_steps"])
     if spec.get("flops", True):
         if variant.compile:  # count on the eager graph: the same math, and FlopCounterMode sees no compiled kernels
             for name in ("visual_encoder", "text_encoder", "fusion_encoder"):

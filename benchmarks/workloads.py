@@ -39,6 +39,7 @@ class Variant:
     recompute_gelu: bool = False  # arch.recompute_gelu
     queue_in_place: bool = True  # PretrainModule.itc_queue_in_place
     itm_first_token: bool = True  # PretrainModule.itm_first_token_only
+    itc_fp32_logits: bool = True  # InfoNCEQueueLoss.fp32_logits (``contrastive_args``)
 
     def describe(self) -> dict[str, Any]:
         return asdict(self)
@@ -47,7 +48,10 @@ class Variant:
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
-        Variant("plain", attention="eager", single_itm=False, masked_mlm=False, queue_in_place=False, itm_first_token=False),
+        Variant(
+            "plain", attention="eager", single_itm=False, masked_mlm=False, queue_in_place=False, itm_first_token=False,
+            itc_fp32_logits=False,
+        ),
         Variant("fast"),
         Variant("fast_bf16", precision="bf16"),
         Variant("fast_bf16_ckpt", precision="bf16", checkpointing=True),
@@ -63,7 +67,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("fast_bf16_compile", precision="bf16", compile=True),
         Variant(
             "plain_bf16", precision="bf16", attention="eager", single_itm=False, masked_mlm=False, queue_in_place=False,
-            itm_first_token=False,
+            itm_first_token=False, itc_fp32_logits=False,
         ),
     )
 }
@@ -165,7 +169,7 @@ def pretrain_workload(
     """``PretrainModule.pretrain_losses`` + AdamW on ``device``. ``objective``: ``full`` (ITC+ITM+MLM) or ``contrastive``."""
     from albef_struct.lit.pretrain import PretrainModule
 
-    args: dict[str, Any] = {}
+    args: dict[str, Any] = {"fp32_logits": variant.itc_fp32_logits} if contrastive == "infonce_queue" else {}
     if contrastive == "decomposable":  # at web scale the bank (N x D per modality) gives way to running estimates
         args = {"num_samples": num_samples, "denominator": "running"}
     module = PretrainModule(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from benchmarks.worker import run_ab_row
 
@@ -38,8 +39,10 @@ def test_gpu_benchmark_runs_on_a_cpu_at_the_tiny_size(tmp_path):
     assert payload["peak_memory_mb"] > 0 and written["memory_kind"] == "peak RSS"
 
 
-def _step(variant: str, seconds: float, rss: float, matmul_pct: float | None = None) -> dict:
+def _step(variant: str, seconds: float, rss: float, matmul_pct: float | None = None, heap: float | None = None) -> dict:
     row = {"workload": "pretrain", "size": "small", "variant": variant, "median_step_s": seconds, "peak_rss_mb": rss}
+    if heap is not None:
+        row["peak_heap_mb"] = heap
     if matmul_pct is not None:  # split over two matrix ops, plus an op that is not one
         row["profile_top_ops"] = [{"op": "aten::mm", "self_cpu_pct": matmul_pct / 2},
                                   {"op": "aten::addmm", "self_cpu_pct": matmul_pct / 2},
@@ -50,22 +53,60 @@ def _step(variant: str, seconds: float, rss: float, matmul_pct: float | None = N
 def test_each_variant_is_compared_with_the_plain_path_of_its_own_precision():
     from benchmarks.against_plain import compare_to_plain
 
-    rows = [_step("plain", 3.0, 2000), _step("fast", 2.0, 1500, matmul_pct=60.0),
-            _step("plain_bf16", 2.0, 1800), _step("fast_bf16", 1.6, 1800, matmul_pct=50.0),
+    rows = [_step("plain", 3.0, 2000, heap=1000), _step("fast", 2.0, 1500, matmul_pct=60.0, heap=900),
+            _step("plain_bf16", 2.0, 1800, heap=1000), _step("fast_bf16", 1.6, 1800, matmul_pct=50.0, heap=700),
             _step("fast_ckpt", 2.5, 1200)]
     found = {e["variant"]: e for e in compare_to_plain(rows)}
     assert found["fast"]["reference"] == "plain" and found["fast_bf16"]["reference"] == "plain_bf16"
     assert found["fast"]["speedup"] == pytest.approx(1.5) and found["fast"]["memory_ratio"] == pytest.approx(0.75)
     assert found["fast"]["meets_target"]  # 1.5x at 0.75x the memory
+    assert found["fast"]["heap_ratio"] == pytest.approx(0.9) and not found["fast"]["meets_target_by_heap"]
     assert found["fast"]["matmul_s"] == pytest.approx(1.2)  # 60 % of 2.0 s
     assert found["fast"]["other_s_allowed_at_target"] == pytest.approx(3.0 / 1.5 - 1.2)
     bf16 = found["fast_bf16"]
     assert bf16["speedup"] == pytest.approx(1.25) and bf16["memory_ratio"] == pytest.approx(1.0)
     assert not bf16["meets_target"]
+    assert bf16["heap_ratio"] == pytest.approx(0.7) and not bf16["meets_target_by_heap"]  # 1.25x
+    assert "heap_ratio" not in found["fast_ckpt"]  # no heap reading: no ratio, rather than a made-up one
     assert bf16["other_s"] == pytest.approx(0.8) and bf16["other_s_allowed_at_target"] == pytest.approx(2.0 / 1.5 - 0.8)
     assert not found["fast_ckpt"]["meets_target"] and "matmul_share" not in found["fast_ckpt"]  # 1.2x, no profile
     assert found["plain"]["speedup"] == 1.0
     assert compare_to_plain([_step("fast_bf16", 1.0, 1000)]) == []  # no reference timed: no row
+
+
+def test_peak_heap_sees_what_a_call_holds_and_nothing_once_it_is_freed():
+    import time
+
+    from benchmarks import measure
+
+    assert measure._heap_reader() is not None  # glibc >= 2.33, as on every Linux machine this runs on
+
+    def hold(mib: int) -> None:
+        block = torch.ones(mib * 2**18)  # mib MiB of float32, written so every page is real
+        time.sleep(0.05)  # long enough for the sampler to see it
+        del block
+
+    idle = measure.peak_heap_mb(lambda: time.sleep(0.05), calls=1)
+    holding = measure.peak_heap_mb(lambda: hold(64), calls=2)
+    assert 63 < holding - idle < 80
+    assert measure.peak_heap_mb(lambda: time.sleep(0.05), calls=1) < idle + 16  # the freed block no longer counts
+
+
+def test_a_step_row_reads_its_heap_peak_after_the_timing():
+    from benchmarks.worker import run_step_row
+
+    spec = {"workload": "pretrain", "size": "tiny", "variant": "fast", "batch": 4, "warmup": 0, "steps": 1, "flops": False}
+    row = run_step_row({**spec, "heap_steps": 1})
+    assert 0 < row["peak_heap_mb"] < row["peak_rss_mb"]  # without the libraries' pages and kept free memory
+    assert "peak_heap_mb" not in run_step_row(spec)  # only where asked: the sampler slows the steps
+
+
+def test_peak_heap_is_none_without_glibc(monkeypatch):
+    from benchmarks import measure
+
+    monkeypatch.setattr(measure, "_heap_reader", lambda: None)
+    calls = []
+    assert measure.peak_heap_mb(lambda: calls.append(1), calls=2) is None and calls == []
 
 
 def test_the_against_plain_plan_times_each_variant_and_its_reference_profiled():
@@ -77,6 +118,8 @@ def test_the_against_plain_plan_times_each_variant_and_its_reference_profiled():
     names = [r["variant"] for r in rows]
     assert set(names) <= set(VARIANTS) and all(r["profile"] and r["workload"] == "pretrain" for r in rows)
     assert all(reference_variant(n) in names for n in names)
+    assert all(r["heap_steps"] > 0 for r in rows)  # every row reads its heap peak too
+    assert not VARIANTS["plain_bf16"].itc_fp32_logits and VARIANTS["fast_bf16"].itc_fp32_logits
     assert VARIANTS["fast_bf16_ckpt"].checkpointing and VARIANTS["fast_bf16_ckpt"].precision == "bf16"
 
 

@@ -238,3 +238,47 @@ def test_uniform_negative_steps_must_be_a_step_count(steps):
 
     with pytest.raises(ValueError, match="itm_uniform_negative_steps"):
         PretrainModule(arch=tiny_config(), queue_size=16, itm_uniform_negative_steps=steps)
+
+
+def _queued_itc(fp32_logits: bool, autocast: bool, queue_dtype: torch.dtype = torch.float32):
+    """ALBEF's ITC with a 512-entry queue; its loss, the anchors' gradients and the bytes autograd kept."""
+    g = torch.Generator().manual_seed(0)
+    feats = [F.normalize(torch.randn(4, 32, generator=g), dim=-1) for _ in range(4)]
+    image, text = (f.clone().requires_grad_() for f in feats[:2])
+    queues = [F.normalize(torch.randn(32, 512, generator=g), dim=0).to(queue_dtype) for _ in range(2)]
+    inputs = ContrastiveInputs(image, text, torch.tensor(0.07), *feats[2:], *queues, alpha=0.4)
+    saved: dict[int, tuple[torch.dtype, int]] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved[t.untyped_storage().data_ptr()] = (t.dtype, t.numel())
+        return t
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = InfoNCEQueueLoss(fp32_logits=fp32_logits)(inputs).loss
+    return loss, torch.autograd.grad(loss, [image, text]), saved, {q.untyped_storage().data_ptr() for q in queues}
+
+
+def test_itc_fp32_logits_under_bf16_autocast_equal_float32_and_keep_the_queue_uncast():
+    reference, ref_grads, _, _ = _queued_itc(fp32_logits=True, autocast=False)
+    loss, grads, saved, queue_ptrs = _queued_itc(fp32_logits=True, autocast=True)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, reference, rtol=0, atol=0)  # autocast changes nothing in this product
+    for grad, ref in zip(grads, ref_grads):
+        torch.testing.assert_close(grad, ref, rtol=0, atol=0)
+    assert queue_ptrs <= set(saved)  # the queues themselves are what backward reads
+    assert not [n for dtype, n in saved.values() if dtype == torch.bfloat16 and n >= 32 * 512]  # no bf16 queue copy
+
+    cast, cast_grads, cast_saved, _ = _queued_itc(fp32_logits=False, autocast=True)  # ALBEF's code under autocast
+    assert sum(dtype == torch.bfloat16 and n == 32 * 512 for dtype, n in cast_saved.values()) == 2
+    assert (cast - reference).abs() > 1e-5  # the bf16 product really is another computation
+    torch.testing.assert_close(cast, reference, rtol=2e-2, atol=0)
+
+
+def test_itc_fp32_logits_keep_float64_and_a_half_precision_queue_is_widened():
+    loss, _, _, _ = _queued_itc(fp32_logits=True, autocast=False, queue_dtype=torch.bfloat16)
+    assert loss.dtype == torch.float32
+    image = F.normalize(torch.randn(3, 5, dtype=torch.float64), dim=-1)
+    out = InfoNCEQueueLoss(fp32_logits=True)(
+        ContrastiveInputs(image, image, torch.tensor(0.2, dtype=torch.float64), image, image,
+                          image.T.contiguous(), image.T.contiguous(), 0.4))
+    assert out.loss.dtype == torch.float64 and out.sim_i2t.dtype == torch.float64

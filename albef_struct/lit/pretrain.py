@@ -48,7 +48,9 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         itm_weight, mlm_weight: weights of the ITM and MLM losses (ALBEF: 1 and 1; 0 skips
             the term entirely, e.g. to study the contrastive loss alone).
         contrastive: contrastive-loss name (``infonce_queue`` = ALBEF's ITC, ``infonce``,
-            ``decomposable``, ``siglip``); ``contrastive_args`` its constructor arguments.
+            ``decomposable``, ``siglip``); ``contrastive_args`` its constructor arguments
+            (``infonce_queue``: ``fp32_logits``, default on, computes the queue similarities in
+            float32 under mixed-precision autocast too; off: autocast's precision, as ALBEF).
         structure: latent-structure regularizers, each ``{name, weight, args}``
             (``feature_separation``, ``brownian_bridge``, ``geometric_consistency``).
         augmented_view: where their augmented features come from: the momentum

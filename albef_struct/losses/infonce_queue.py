@@ -34,14 +34,21 @@ class InfoNCEQueueLoss(ContrastiveLoss):
 
     The queues are read as given, not copied: a caller that updates its queue
     before the backward pass must pass copies (``AlignmentMixin`` enqueues after it).
+
+    With ``fp32_logits`` (the default) the similarities are computed in float32 even under
+    mixed-precision autocast: the queue then enters the product as it is stored instead of
+    as a half-precision copy that autograd would keep until the backward pass (2 x 32 MiB at
+    ALBEF's queue of 65,536 x 256), and the logits keep float32's resolution. Off, autocast
+    decides the product's precision, as in ALBEF's code run under autocast.
     """
 
     uses_queue = True
     uses_teacher = True
 
-    def __init__(self, same_image_positives: bool = False) -> None:
+    def __init__(self, same_image_positives: bool = False, fp32_logits: bool = True) -> None:
         super().__init__()
         self.same_image_positives = same_image_positives
+        self.fp32_logits = fp32_logits
 
     def forward(self, inputs: ContrastiveInputs) -> ContrastiveOutput:
         if inputs.image_feat_m is None or inputs.text_feat_m is None:
@@ -53,15 +60,16 @@ class InfoNCEQueueLoss(ContrastiveLoss):
             ids = inputs.image_ids
             candidate_ids = ids if inputs.queue_ids is None else torch.cat([ids, inputs.queue_ids.view(-1)])
         targets = positive_targets(ids, candidate_ids, batch, batch + queue_len, inputs.image_feat.device)
+        fp32 = self.fp32_logits
 
         with torch.no_grad():
-            sim_i2t_m = logits_with_queue(inputs.image_feat_m, inputs.text_feat_m, inputs.text_queue) / inputs.temp
-            sim_t2i_m = logits_with_queue(inputs.text_feat_m, inputs.image_feat_m, inputs.image_queue) / inputs.temp
+            sim_i2t_m = logits_with_queue(inputs.image_feat_m, inputs.text_feat_m, inputs.text_queue, fp32) / inputs.temp
+            sim_t2i_m = logits_with_queue(inputs.text_feat_m, inputs.image_feat_m, inputs.image_queue, fp32) / inputs.temp
             targets_i2t = inputs.alpha * F.softmax(sim_i2t_m, dim=1) + (1 - inputs.alpha) * targets
             targets_t2i = inputs.alpha * F.softmax(sim_t2i_m, dim=1) + (1 - inputs.alpha) * targets
 
-        sim_i2t = logits_with_queue(inputs.image_feat, inputs.text_feat_m, inputs.text_queue) / inputs.temp
-        sim_t2i = logits_with_queue(inputs.text_feat, inputs.image_feat_m, inputs.image_queue) / inputs.temp
+        sim_i2t = logits_with_queue(inputs.image_feat, inputs.text_feat_m, inputs.text_queue, fp32) / inputs.temp
+        sim_t2i = logits_with_queue(inputs.text_feat, inputs.image_feat_m, inputs.image_queue, fp32) / inputs.temp
         loss_i2t = soft_cross_entropy(sim_i2t, targets_i2t).mean()
         loss_t2i = soft_cross_entropy(sim_t2i, targets_t2i).mean()
         return ContrastiveOutput(
@@ -72,13 +80,21 @@ class InfoNCEQueueLoss(ContrastiveLoss):
         )
 
 
-def logits_with_queue(anchors: torch.Tensor, batch_feats: torch.Tensor, queue: torch.Tensor | None) -> torch.Tensor:
+def logits_with_queue(
+    anchors: torch.Tensor, batch_feats: torch.Tensor, queue: torch.Tensor | None, fp32: bool = False
+) -> torch.Tensor:
     """``[B, B (+ Q)]`` similarities of ``anchors`` with the batch's (momentum) features, then the queue.
 
     The queue enters its product as it is, not copied: autograd keeps a reference for the
     anchors' gradient, so the caller must not enqueue before the backward pass
-    (``AlignmentMixin`` defers it); an in-place update before then fails loudly.
+    (``AlignmentMixin`` defers it); an in-place update before then fails loudly. ``fp32``
+    computes in float32 (float64 stays float64) whatever autocast is active, so a float32 queue
+    enters uncast.
     """
+    if fp32:
+        wide = torch.promote_types(anchors.dtype, torch.float32)
+        with torch.autocast(anchors.device.type, enabled=False):
+            return logits_with_queue(anchors.to(wide), batch_feats.to(wide), queue)
     own = anchors @ batch_feats.T
     if queue is None:
         return own

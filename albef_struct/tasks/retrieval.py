@@ -85,6 +85,8 @@ class RetrievalModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
             to rounding, less work); off: every position, as ALBEF.
         itc_queue_in_place: the ITC loss reads the queue itself and the step's momentum features
             enter it after backward (same loss, two queue copies less memory); off: ALBEF's copy.
+        itc_fp32_logits: the ITC similarities are computed in float32 under mixed-precision autocast
+            too (no half-precision queue copy kept for backward); off: autocast's precision, as ALBEF.
         init_from: checkpoint to start from (this project's, or an official ALBEF file).
         text_dropout: the text and fusion encoders' dropout for this run (None: ``arch``'s), e.g. 0 for fine-tuning.
         k_test: candidates per query re-ranked by ITM at evaluation (ALBEF: COCO 256, Flickr 128).
@@ -105,6 +107,7 @@ class RetrievalModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         itm_uniform_negative_steps: int = 0,
         itm_first_token_only: bool = True,
         itc_queue_in_place: bool = True,
+        itc_fp32_logits: bool = True,
         init_from: str | None = None,
         text_dropout: float | None = None,
         k_test: int = 256,
@@ -118,7 +121,7 @@ class RetrievalModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         if k_test < 1:
             raise ValueError(f"k_test must be at least 1, got {k_test}")
         self.distill = distill
-        self.contrastive = InfoNCEQueueLoss(same_image_positives=same_image_positives)
+        self.contrastive = InfoNCEQueueLoss(same_image_positives=same_image_positives, fp32_logits=itc_fp32_logits)
         self.queue = FeatureQueue(self.model.config.embed_dim, queue_size)
         self.itm_single_fusion_call = itm_single_fusion_call
         self.itm_uniform_negative_steps = checked_uniform_negative_steps(itm_uniform_negative_steps)
