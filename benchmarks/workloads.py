@@ -31,7 +31,7 @@ class Variant:
     name: str
     precision: str = "fp32"  # "fp32" or "bf16" (autocast)
     attention: str = "sdpa"  # "sdpa" or "eager"
-    checkpointing: bool = False
+    checkpointing: bool | tuple[str, ...] = False  # arch.grad_checkpointing: every encoder, or those named
     compile: bool = False
     single_itm: bool = True  # PretrainModule.itm_single_fusion_call
     masked_mlm: bool = True  # PretrainModule.mlm_masked_positions_only
@@ -62,7 +62,13 @@ VARIANTS: dict[str, Variant] = {
         Variant("fast_fused_adamw", fused_adamw=True),
         Variant("fast_recompute_gelu", recompute_gelu=True),
         Variant("fast_fused_adamw_recompute_gelu", fused_adamw=True, recompute_gelu=True),
+        Variant("fast_fused_adamw_recompute_gelu_ckpt_fusion", fused_adamw=True, recompute_gelu=True, checkpointing=("fusion",)),
+        Variant("fast_fused_adamw_recompute_gelu_ckpt_vision", fused_adamw=True, recompute_gelu=True, checkpointing=("vision",)),
         Variant("fast_bf16_eager_fused_recompute_gelu", precision="bf16", attention="eager", fused_adamw=True, recompute_gelu=True),
+        Variant(
+            "fast_bf16_eager_fused_recompute_gelu_ckpt_fusion", precision="bf16", attention="eager", fused_adamw=True,
+            recompute_gelu=True, checkpointing=("fusion",),
+        ),
         Variant("fast_compile", compile=True),
         Variant("fast_bf16_compile", precision="bf16", compile=True),
         Variant(

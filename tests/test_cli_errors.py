@@ -41,6 +41,16 @@ def test_a_bad_record_is_one_message_with_status_1(tmp_path, demo_dir, capsys, m
     assert "--debug" in err and DEBUG_ENV in err
 
 
+def test_an_unknown_encoder_to_checkpoint_is_one_message_naming_the_key(tmp_path, demo_dir, capsys, monkeypatch):
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    config = write_config(tmp_path, demo_dir)
+    assert main(["fit", "--config", str(config), "--model.init_args.arch.grad_checkpointing", "[vit]"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    message = [line for line in err.splitlines() if line.startswith("ArchConfigError:")]
+    assert len(message) == 1 and "arch.grad_checkpointing" in message[0] and "'vit'" in message[0] and "[fusion]" in message[0]
+
+
 def test_debug_flag_and_variable_keep_the_traceback(tmp_path, demo_dir, monkeypatch):
     config, _ = config_with_bad_record(tmp_path, demo_dir)
     with pytest.raises(BadRecordError):

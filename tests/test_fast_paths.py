@@ -380,6 +380,32 @@ def test_activation_checkpointing_gives_identical_gradients_and_saves_less():
     assert saved["ckpt"] < saved["plain"]
 
 
+def test_checkpointing_only_the_named_encoders_keeps_the_numbers_and_saves_in_between():
+    plain = make_module()
+    everything, fusion_only = copy.deepcopy(plain), make_module(quiet_arch(grad_checkpointing=["fusion"]))
+    everything.model.set_grad_checkpointing(True)
+    model = fusion_only.model
+    flags = {"vision": model.visual_encoder.grad_checkpointing, "text": model.text_encoder.grad_checkpointing,
+             "fusion": model.fusion_encoder.grad_checkpointing}
+    assert flags == {"vision": False, "text": False, "fusion": True}
+    batch = make_batch()
+    losses, saved = {}, {}
+    for name, module in (("plain", plain), ("all", everything), ("fusion", fusion_only)):
+        saved[name] = saved_activation_bytes(lambda m=module, n=name: losses.__setitem__(n, seeded_losses(m, batch)["loss"]))
+    torch.testing.assert_close(losses["fusion"], losses["plain"], rtol=0, atol=0)
+    assert_same_grads(grads_of(plain, losses["plain"]), grads_of(fusion_only, losses["fusion"]), rtol=1e-6, atol=1e-8)
+    assert saved["all"] < saved["fusion"] < saved["plain"]
+    model.set_grad_checkpointing(["vision", "text"])
+    assert model.visual_encoder.grad_checkpointing and model.text_encoder.grad_checkpointing
+    assert not model.fusion_encoder.grad_checkpointing
+
+
+@pytest.mark.parametrize("setting", [["vit"], "fusion", ["fusion", "mlp"]])
+def test_an_unknown_checkpointing_choice_names_the_key_and_the_encoders(setting):
+    with pytest.raises(ValueError, match=r"arch\.grad_checkpointing.*\['vision', 'text', 'fusion', 'decoder'\]"):
+        quiet_arch(grad_checkpointing=setting)
+
+
 # --- GELU recomputed inside the next linear layer (arch.recompute_gelu) -----------------------------------
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 def test_gelu_linear_gradients_are_exact_in_float64(approximate):

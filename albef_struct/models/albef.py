@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from albef_struct.errors import ProjectError
 from albef_struct.models.recompute import set_gelu_recompute
 from albef_struct.models.text import (
     AnswerDecoder,
@@ -25,6 +26,25 @@ TEMP_MIN, TEMP_MAX = 0.001, 0.5
 
 
 TEXT_POOLING = ("cls", "mean")
+class ArchConfigError(ProjectError, ValueError):
+    """An ``arch`` setting the model cannot be built with; the message names the key and the choices."""
+
+
+#: the encoders ``arch.grad_checkpointing`` can name (true: all of them)
+CHECKPOINT_PARTS = ("vision", "text", "fusion", "decoder")
+
+
+def checkpointed_parts(setting: bool | list[str] | tuple[str, ...]) -> frozenset[str]:
+    """The encoders whose blocks ``arch.grad_checkpointing`` recomputes in backward."""
+    if isinstance(setting, bool):
+        return frozenset(CHECKPOINT_PARTS) if setting else frozenset()
+    choices = f"give true, false or a list drawn from {list(CHECKPOINT_PARTS)}, e.g. [fusion]"
+    if not isinstance(setting, (list, tuple)):
+        raise ArchConfigError(f"arch.grad_checkpointing: {setting!r} is neither a bool nor a list; {choices}")
+    unknown = [part for part in setting if part not in CHECKPOINT_PARTS]
+    if unknown:
+        raise ArchConfigError(f"arch.grad_checkpointing: {unknown} are not encoders; {choices}")
+    return frozenset(setting)
 
 
 @dataclass
@@ -52,7 +72,8 @@ class ALBEFConfig:
     private_heads: bool = False
     fusion_streams: int = 1
     attention: str = "sdpa"
-    grad_checkpointing: bool = False
+    # recompute blocks in backward: true (every encoder), false, or the encoders to recompute, e.g. [fusion]
+    grad_checkpointing: bool | list[str] = False
     # keep each MLP's pre-activation only and recompute its GELU in backward (models/recompute.py)
     recompute_gelu: bool = False
     # What the text projection sees: ALBEF's [CLS] state, or the mean of the unpadded token states
@@ -60,8 +81,9 @@ class ALBEFConfig:
     text_pooling: str = "cls"  # one of TEXT_POOLING
 
     def __post_init__(self) -> None:
+        checkpointed_parts(self.grad_checkpointing)
         if self.text_pooling not in TEXT_POOLING:
-            raise ValueError(f"arch.text_pooling must be one of {TEXT_POOLING}, got {self.text_pooling!r}")
+            raise ArchConfigError(f"arch.text_pooling must be one of {TEXT_POOLING}, got {self.text_pooling!r}")
 
     @classmethod
     def from_dict(cls, values: "ALBEFConfig | dict[str, Any]") -> "ALBEFConfig":
@@ -149,12 +171,15 @@ class ALBEF(nn.Module):
         set_vit_attention(self.visual_encoder, implementation)
         set_bert_attention(self, implementation)
 
-    def set_grad_checkpointing(self, enabled: bool = True) -> None:
-        """Recompute ViT blocks and BERT layers in the backward pass to save memory."""
-        self.visual_encoder.set_grad_checkpointing(enabled)
+    def set_grad_checkpointing(self, enabled: bool | list[str] | tuple[str, ...] = True) -> None:
+        """Recompute ViT blocks and BERT layers in the backward pass to save memory: every encoder's
+        (``True``), none (``False``), or those named (``["fusion"]``; see :data:`CHECKPOINT_PARTS`)."""
+        parts = checkpointed_parts(enabled)
+        self.visual_encoder.set_grad_checkpointing("vision" in parts)
+        kinds = {TextEncoder: "text", FusionEncoder: "fusion", AnswerDecoder: "decoder"}
 
         def toggle(stack: nn.Module) -> None:
-            stack.grad_checkpointing = enabled
+            stack.grad_checkpointing = kinds[type(stack)] in parts
 
         apply_to_stacks(self, toggle)
 
