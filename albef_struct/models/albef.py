@@ -26,6 +26,8 @@ TEMP_MIN, TEMP_MAX = 0.001, 0.5
 
 
 TEXT_POOLING = ("cls", "mean")
+
+
 class ArchConfigError(ProjectError, ValueError):
     """An ``arch`` setting the model cannot be built with; the message names the key and the choices."""
 
