@@ -46,12 +46,14 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # `make demo`: every stage in about 10 minutes on 2 cores (configs/demo/<stage>.yaml with the
-# configs/demo/quick/ overlays: 56 px, the output of DINOv2's first 8 blocks cached once, its last 4 trained, short runs),
+# configs/demo/quick/ overlays: QUICK_RES px (56), the output of DINOv2's first 8 blocks cached once, its last 4 trained, short runs),
 # writing runs/demo_quick/<stage>/ and one table (runs/demo_quick/summary.json and .png).
 # `make demo-full`: the full recipes (about 76 minutes), writing runs/demo/<stage>/.
-QUICK_CACHE := data/demo/image_tokens_56_blocks8.pt
+# QUICK_RES: the quick profile's image size in px (a multiple of DINOv2's 14-px patch; 56 = 4x4 patches)
+QUICK_RES ?= 56
+QUICK_CACHE = data/demo/image_tokens_$(QUICK_RES)_blocks8.pt
 # the grounding images' own cache (its paths are relative to data/demo/grounding); make demo fine-tunes grounding on it
-QUICK_GROUNDING_CACHE := data/demo/grounding/image_tokens_56_blocks8.pt
+QUICK_GROUNDING_CACHE = data/demo/grounding/image_tokens_$(QUICK_RES)_blocks8.pt
 # DEMO_EXTRA: options appended to every albef-struct call and DEMO_DATA_ARGS to the data generator
 # (the test suite runs this target at a tiny size with them: tests/test_quick_demo.py)
 DEMO_EXTRA ?=
@@ -59,7 +61,9 @@ DEMO_DATA_ARGS ?=
 # bf16 autocast and eager attention where the CPU computes bf16 natively, else nothing (the configs' fp32):
 # albef_struct/lit/cpu_precision.py, asked once per make run; `make demo QUICK_PRECISION=` forces fp32
 QUICK_PRECISION = $(eval QUICK_PRECISION := $(shell $(PY) -m albef_struct.lit.cpu_precision))$(QUICK_PRECISION)
-QUICK = --config configs/demo/quick/common.yaml --config configs/demo/quick/$(1).yaml $(QUICK_PRECISION) $(DEMO_EXTRA)
+QUICK = --config configs/demo/quick/common.yaml --config configs/demo/quick/$(1).yaml $(QUICK_PRECISION) \
+	--model.init_args.arch.vision.img_size $(QUICK_RES) \
+	--data.init_args.image_cache $(if $(filter grounding,$(1)),$(QUICK_GROUNDING_CACHE),$(QUICK_CACHE)) $(DEMO_EXTRA)
 STAGE = @echo "[make demo $$(date +%T)] $(1)"
 # Zero-shot and k-shot classification of single-object images (data/demo/classify, ImageFolder trees)
 # by the pretrained model; prompts phrased as the demo captions are (colour: averaged over the shapes).
@@ -84,9 +88,9 @@ demo: $(STAMP) $(DINOV2)
 	$(PY) -m albef_struct.data_prep.demo_classification --out data/demo/classify $(CLASSIFY_DATA_ARGS)
 	$(PY) -m albef_struct.data_prep.demo_grounding --out data/demo/grounding $(GROUNDING_DATA_ARGS)
 	$(call STAGE,2/8 DINOv2 tokens of the demo and grounding images)
-	$(CLI) cache-images --arch configs/model/small_arch.yaml --img-size 56 --frozen-blocks 8 --images data/demo \
+	$(CLI) cache-images --arch configs/model/small_arch.yaml --img-size $(QUICK_RES) --frozen-blocks 8 --images data/demo \
 		--exclude classify --exclude grounding --out $(QUICK_CACHE)
-	$(CLI) cache-images --arch configs/model/small_arch.yaml --img-size 56 --frozen-blocks 8 --images data/demo/grounding \
+	$(CLI) cache-images --arch configs/model/small_arch.yaml --img-size $(QUICK_RES) --frozen-blocks 8 --images data/demo/grounding \
 		--out $(QUICK_GROUNDING_CACHE)
 	$(call STAGE,3/8 pretraining + zero-shot retrieval / classification + grounding fine-tuned)
 	$(CLI) fit --config configs/demo/pretrain_small.yaml $(call QUICK,pretrain)

@@ -65,6 +65,23 @@ def test_make_demo_runs_every_stage_and_writes_the_table(tmp_path):
     check_inference_on_demo_checkpoints(tmp_path / "runs/demo_quick", tmp_path / "data/demo")
 
 
+def test_quick_res_sets_the_image_size_and_the_token_caches_of_every_stage():
+    """`make demo QUICK_RES=84`: both caches are built at 84 px and every training or test call reads them at 84."""
+    dry = subprocess.run(["make", "-n", "-f", str(REPO / "Makefile"), "demo", "QUICK_RES=84", "QUICK_PRECISION="],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    lines = dry.stdout.splitlines()
+    caches = [line for line in lines if "albef-struct cache-images" in line]
+    assert len(caches) == 2 and all("--img-size 84" in line for line in caches)
+    calls = [line for line in lines if "albef-struct fit" in line or "albef-struct test" in line]
+    assert len(calls) >= 8 and all("--model.init_args.arch.vision.img_size 84" in line for line in calls)
+    for line in calls:
+        grounding = "configs/demo/grounding.yaml" in line
+        cache = "data/demo/grounding/image_tokens_84_blocks8.pt" if grounding else "data/demo/image_tokens_84_blocks8.pt"
+        assert f"--data.init_args.image_cache {cache}" in line, line
+    assert "56" not in " ".join(caches + calls)
+
+
 def check_inference_on_demo_checkpoints(runs, data) -> None:
     """Every albef_struct.inference call works on the checkpoints `make demo` writes."""
     from albef_struct import inference
