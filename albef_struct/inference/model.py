@@ -143,8 +143,10 @@ class InferenceModel:
                 rows = torch.arange(start, min(n, start + self.batch_size))
                 tokens = _rows(text_batches, rows, count_texts(texts))
                 text = self.model.encode_text(tokens["input_ids"], tokens["attention_mask"]).embeds
-                image = image_embeds[rows % image_embeds.shape[0]]
-                fused = self.model.fuse(text, tokens["attention_mask"], image, first_token_only=True)
+                # each distinct image's cross-attention keys and values once per chunk, not once per pair
+                images, index = (rows % image_embeds.shape[0]).unique(return_inverse=True)
+                fused = self.model.fuse(text, tokens["attention_mask"], image_embeds[images], first_token_only=True,
+                                        image_index=index)
                 logits = self.model.itm_logits(fused).float()
                 out.append((logits[:, 1] if logit else logits.softmax(dim=-1)[:, 1]).cpu())
         return torch.cat(out)
