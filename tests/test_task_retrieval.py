@@ -251,6 +251,29 @@ def test_reranking_the_whole_gallery_equals_full_itm_scoring():
         itm_match_scores(model, image.embeds, text.embeds, batch["attention_mask"], 2, image_index=torch.tensor([0, 3]))
 
 
+def test_an_itc_weight_adds_the_weighted_cosine_to_the_itm_logit_of_each_reranked_pair():
+    torch.manual_seed(0)
+    model = RetrievalModule(arch=tiny_config(), queue_size=16).model.eval()
+    batch = make_batch([0, 1, 2, 3, 4], seed=3, length=7)
+    with torch.no_grad():
+        image = model.encode_image(batch["image"])
+        text = model.encode_text(batch["input_ids"], batch["attention_mask"])
+        gallery = EncodedGallery(image.embeds, image.feat, text.embeds, batch["attention_mask"], text.feat,
+                                 batch["image_idx"])
+        itm_i2t, itm_t2i = rerank(model, gallery, k_test=2)
+        sum_i2t, sum_t2i = rerank(model, gallery, k_test=2, itc_weight=1.5)
+        itc_i2t, itc_t2i = rerank(model, gallery, k_test=2, itc_weight=1e6)
+    sims = image.feat @ text.feat.T
+    for itm, summed, itc, query_sims in ((itm_i2t, sum_i2t, itc_i2t, sims), (itm_t2i, sum_t2i, itc_t2i, sims.T)):
+        top = itm > -100
+        assert torch.equal(top, summed > -100) and int(top.sum()) == 2 * 5  # the same top 2 per query
+        torch.testing.assert_close(summed[top], itm[top] + 1.5 * query_sims[top], atol=1e-5, rtol=0)
+        # a weight this large orders each query's candidates as ITC does
+        assert torch.equal(itc.argmax(dim=1), query_sims.argmax(dim=1))
+        assert torch.isinf(itc[~top]).all()  # below every re-ranked score, however negative
+    assert not torch.equal(itm_i2t.argmax(dim=1), sims.argmax(dim=1))  # which ITM alone does not
+
+
 def test_aligned_pairs_are_scored_shortest_text_first_in_chunks_cut_to_their_longest_text(monkeypatch):
     torch.manual_seed(0)
     model = RetrievalModule(arch=tiny_config(), queue_size=16).model.eval()
@@ -330,12 +353,12 @@ HAND_METRICS = {"txt_r1": 100 / 3, "txt_r5": 200 / 3, "txt_r10": 100.0,
 
 
 def test_evaluation_path_orders_the_gallery_and_computes_multi_caption_recall(tmp_path, monkeypatch):
-    module = RetrievalModule(arch=tiny_config(), queue_size=16, k_test=2)
+    module = RetrievalModule(arch=tiny_config(), queue_size=16, k_test=2, rerank_itc_weight=0.5)
     image_batches, text_batches = eval_loaders()
     seen = {}
 
-    def hand_rerank(model, gallery, k_test, batch_size=128, rank=0, world=1, gather=None):
-        seen.update(gallery=gallery, k_test=k_test)
+    def hand_rerank(model, gallery, k_test, batch_size=128, rank=0, world=1, gather=None, itc_weight=0.0):
+        seen.update(gallery=gallery, k_test=k_test, itc_weight=itc_weight)
         return HAND_I2T.clone(), HAND_T2I.clone()
 
     monkeypatch.setattr(retrieval_eval, "rerank", hand_rerank)
@@ -345,7 +368,7 @@ def test_evaluation_path_orders_the_gallery_and_computes_multi_caption_recall(tm
     trainer.validate(module, dataloaders=loaders, verbose=False)
 
     gallery = seen["gallery"]
-    assert seen["k_test"] == 2
+    assert seen["k_test"] == 2 and seen["itc_weight"] == 0.5
     assert gallery.txt2img.tolist() == [0, 0, 1, 1, 1, 2]
     assert gallery.text_masks.shape == (6, 7) and gallery.text_masks[[0, 3, 5]].sum(1).tolist() == [5, 5, 5]
     module.eval()
@@ -362,6 +385,7 @@ def test_evaluation_path_orders_the_gallery_and_computes_multi_caption_recall(tm
     result = json.loads(next(tmp_path.rglob("retrieval_test.json")).read_text())
     assert result["metrics"]["txt_r5"] == pytest.approx(200 / 3)
     assert result["chance"]["img_r1"] == pytest.approx(100 / 3) and result["k_test"] == 2
+    assert result["rerank_itc_weight"] == 0.5
 
 
 def test_evaluation_without_patches_equals_direct_scoring(tmp_path):

@@ -75,6 +75,8 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         text_dropout: the text and fusion encoders' dropout for this run (None: ``arch``'s), e.g. 0 for fine-tuning.
         k_test: candidates per query re-ranked by ITM in retrieval evaluation.
         rerank_batch_size: image-text pairs per fusion call when re-ranking.
+        rerank_itc_weight: a re-ranked candidate's score is its ITM match logit plus this times its ITC
+            cosine similarity (0: ALBEF's rule, ITM alone; 1: BLIP's sum).
     """
 
     def __init__(
@@ -102,6 +104,7 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         text_dropout: float | None = None,
         k_test: int = 256,
         rerank_batch_size: int = 128,
+        rerank_itc_weight: float = 0.0,
     ) -> None:
         arch = ALBEFConfig.from_dict(arch or ALBEFConfig(mlm_head=True))
         if not (arch.projections and arch.itm_head and arch.mlm_head):
@@ -138,6 +141,7 @@ class PretrainModule(AlignmentMixin, RetrievalEvalMixin, ALBEFModule):
         self.itm_first_token_only = itm_first_token_only
         self.k_test = k_test
         self.rerank_batch_size = rerank_batch_size
+        self.rerank_itc_weight = float(rerank_itc_weight)
         self.load_init_weights()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

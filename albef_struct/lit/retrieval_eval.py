@@ -39,6 +39,7 @@ class RetrievalEvalMixin:
 
     k_test: int
     rerank_batch_size: int
+    rerank_itc_weight: float = 0.0
 
     def _eval_buffers(self) -> dict[str, list]:
         if not hasattr(self, "_retrieval_buffers"):
@@ -118,6 +119,7 @@ class RetrievalEvalMixin:
             rank=self.trainer.global_rank,
             world=self.trainer.world_size,
             gather=self.all_gather,
+            itc_weight=self.rerank_itc_weight,
         )
         metrics = retrieval_metrics(score_i2t, score_t2i, gallery.txt2img)
         sims = gallery.image_feats.float() @ gallery.text_feats.float().T
@@ -133,7 +135,9 @@ class RetrievalEvalMixin:
             for k in (1, 5, 10):
                 key = f"{prefix}_r{k}"
                 rows.append((direction, f"R@{k}", metrics[key], metrics[f"itc_{key}"], chance[key]))
-        print(f"\nRetrieval results ({stage}; ITM re-ranks the top k_test={self.k_test} by ITC)")
+        rule = f"ITM + {self.rerank_itc_weight:g} x ITC similarity" if self.rerank_itc_weight else "ITM"
+        print(f"\nRetrieval results ({stage}; {rule} re-ranks the top k_test={self.k_test} by ITC)")
         print(format_table(("direction", "metric", "ITC+ITM (%)", "ITC only (%)", "chance (%)"), rows))
-        path = write_json(f"{self.results_dir}/retrieval_{stage}.json", {"metrics": metrics, "chance": chance, "k_test": self.k_test})
+        results = {"metrics": metrics, "chance": chance, "k_test": self.k_test, "rerank_itc_weight": self.rerank_itc_weight}
+        path = write_json(f"{self.results_dir}/retrieval_{stage}.json", results)
         print(f"written to {path}")

@@ -91,9 +91,12 @@ def rerank(
     rank: int = 0,
     world: int = 1,
     gather: Gather | None = None,
+    itc_weight: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """ALBEF's retrieval scores: -100 everywhere except each query's top ``k_test`` by ITC,
-    which get the ITM match logit. Rows are split across ranks and gathered.
+    which get the ITM match logit, plus ``itc_weight`` times the pair's ITC cosine similarity
+    (0: ALBEF's rule, ITM alone; 1: BLIP's sum). With an ITC term the others get -inf instead,
+    since a weighted negative similarity can fall below -100. Rows are split across ranks and gathered.
 
     Returns ``(score_i2t [N, M], score_t2i [M, N])``.
     """
@@ -112,9 +115,11 @@ def rerank(
         top = query_sims[row_ids].topk(k_test, dim=1).indices  # [r, k]
         queries = row_ids.view(-1, 1).expand_as(top).reshape(-1)
         local = pair(queries, top.reshape(-1)).view(-1, k_test)
+        if itc_weight:
+            local = local + itc_weight * query_sims[row_ids.view(-1, 1), top]
         if gather is not None and world > 1:
             local, top, row_ids = _gather_rows(gather, local, top, row_ids, math.ceil(n_query / world))
-        scores = torch.full((n_query, n_cand), -100.0, device=query_sims.device)
+        scores = torch.full((n_query, n_cand), -100.0 if not itc_weight else -math.inf, device=query_sims.device)
         scores[row_ids.view(-1, 1), top] = local
         return scores
 
