@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import importlib
+import inspect
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -215,8 +218,12 @@ class ALBEFCLI(LightningCLI):
         """Lightning reads ``--ckpt_path``'s hyper-parameters here; a file it cannot read gets this project's message.
 
         (``torch.load(weights_only=True)`` already refuses pickled code; the message
-        then says what the file holds and what to do.)
+        then says what the file holds and what to do.) Lightning lets the checkpoint's
+        hyper-parameters replace the configured ones; see :func:`keep_requested_settings`
+        for the ones the command line or config asked for.
         """
+        subcommand = self.config.get("subcommand")
+        requested = copy.deepcopy(self.config[subcommand].get("model")) if subcommand else None
         try:
             super()._parse_ckpt_path()
         except Exception:
@@ -232,6 +239,9 @@ class ALBEFCLI(LightningCLI):
             except CheckpointError as err:  # with the other checkpoints of that folder, as on every other path
                 raise CheckpointError(f"{err}{earlier_checkpoints(Path(path))}") from err.__cause__
             raise
+        if requested is not None:
+            for line in keep_requested_settings(requested, self.config[subcommand]["model"]):
+                print(line)
 
     def before_instantiate_classes(self) -> None:
         """With ``--ckpt_path`` the weights come from that checkpoint: skip ``init_from``,
@@ -254,6 +264,44 @@ class ALBEFCLI(LightningCLI):
         if vision is not None and (vision.get("pretrained") or vision.get("pretrained_file")):
             print("--ckpt_path given: not loading the image encoder's pretrained weights")
             vision["pretrained"], vision["pretrained_file"] = False, None
+
+
+#: Model settings ``--ckpt_path`` decides: the architecture its weights fit, and the weight sources it replaces.
+CHECKPOINT_SETTINGS = frozenset({"arch", "init_from", "text_init"})
+
+
+def keep_requested_settings(requested: Namespace, merged: Namespace) -> list[str]:
+    """After ``--ckpt_path``'s hyper-parameters replaced the configured model settings (Lightning's
+    rule), put back each one the command line or a config asked for, i.e. set to other than the
+    class's default (e.g. ``--model.init_args.k_test 16`` for a test), except ``arch`` (the weights
+    loaded must fit, so the architecture is the checkpoint's) and the weight sources ``--ckpt_path``
+    replaces (``init_from``, ``text_init``). A model of another class keeps the
+    checkpoint's settings. Returns one line per setting put back, naming both values."""
+    if not isinstance(requested, Namespace) or requested.get("class_path") != merged.get("class_path"):
+        return []
+    asked, used = requested.get("init_args"), merged.get("init_args")
+    if not isinstance(asked, Namespace) or not isinstance(used, Namespace):
+        return []
+    defaults = init_defaults(str(merged["class_path"]))
+    lines = []
+    for key, value in vars(asked).items():
+        if key in CHECKPOINT_SETTINGS or key not in defaults or value == defaults[key] or key not in used or value == used[key]:
+            continue
+        lines.append(f"--ckpt_path given: model.init_args.{key} stays {value!r} as configured "
+                     f"(the checkpoint's run had {used[key]!r})")
+        used[key] = value
+    return lines
+
+
+def init_defaults(class_path: str) -> dict[str, Any]:
+    """The keyword defaults of ``class_path``'s constructor (empty when it cannot be imported)."""
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError):
+        return {}
+    return {key: p.default for key, p in inspect.signature(cls.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty}
 
 
 def _run_extra(name: str, argv: Sequence[str]) -> int:

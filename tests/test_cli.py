@@ -85,6 +85,12 @@ def test_fit_two_steps_then_test_prints_and_writes_retrieval_metrics(tmp_path, d
     assert set(metrics["metrics"]) >= {"txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "r_mean"}
     assert metrics["chance"]["img_r1"] == pytest.approx(100 / 8)
     assert all(0.0 <= v <= 100.0 for v in metrics["metrics"].values())
+    assert metrics["k_test"] == 4
+    # an evaluation setting asked for on the command line beats the checkpoint's (Lightning would use the run's)
+    assert main(["test", "--config", str(config), "--ckpt_path", str(ckpt), "--model.init_args.k_test", "2"]) == 0
+    assert "model.init_args.k_test stays 2 as configured (the checkpoint's run had 4)" in capsys.readouterr().out
+    newest = max((tmp_path / "run").rglob("retrieval_test.json"), key=lambda p: p.stat().st_mtime_ns)
+    assert json.loads(newest.read_text())["k_test"] == 2
 
 
 def test_fit_resumes_from_a_checkpoint(tmp_path, demo_dir):
@@ -124,3 +130,22 @@ def test_ckpt_path_makes_init_from_unnecessary(tmp_path, demo_dir, capsys):
     ckpt = last_checkpoint(second)
     assert main(["test", "--config", str(config), "--model.init_args.init_from", str(source), "--ckpt_path", str(ckpt)]) == 0
     assert "not loading init_from" in capsys.readouterr().out
+
+
+def test_keep_requested_settings_puts_back_what_was_asked_but_not_the_architecture():
+    from jsonargparse import Namespace
+
+    from albef_struct.cli import keep_requested_settings
+
+    def model(class_path: str = "albef_struct.lit.PretrainModule", **init_args) -> Namespace:
+        return Namespace(class_path=class_path, init_args=Namespace(**init_args))
+
+    asked = model(k_test=16, rerank_batch_size=128, arch=Namespace(embed_dim=32), init_from="a.ckpt")
+    merged = model(k_test=8, rerank_batch_size=64, arch=Namespace(embed_dim=16), init_from="b.ckpt")
+    lines = keep_requested_settings(asked, merged)
+    assert lines == ["--ckpt_path given: model.init_args.k_test stays 16 as configured (the checkpoint's run had 8)"]
+    assert merged.init_args.k_test == 16  # asked for: other than the default 256
+    assert merged.init_args.rerank_batch_size == 64  # the default: not asked for, the run's value stays
+    assert merged.init_args.arch == Namespace(embed_dim=16) and merged.init_args.init_from == "b.ckpt"
+    other = model("albef_struct.tasks.retrieval.RetrievalModule", k_test=8)
+    assert keep_requested_settings(asked, other) == [] and other.init_args.k_test == 8
