@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from albef_struct import inference
+from albef_struct.inference.inputs import image_batch
 from albef_struct.metrics.report import format_table, write_json
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -43,10 +44,12 @@ def image_files(folder: Path, limit: int) -> list[Path]:
 
 
 @torch.no_grad()
-def checkpoint_spread(ckpt: str, files: list[Path]) -> dict[str, float]:
-    """:func:`token_spread` of the image encoder's output tokens (every position, [CLS] included)."""
+def checkpoint_spread(ckpt: str, files: list[Path], batch_size: int = 64) -> dict[str, float]:
+    """:func:`token_spread` of the image encoder's output tokens (every position, [CLS] included), each
+    image through the checkpoint's own test transform."""
     loaded = inference.load(ckpt)
-    tokens = [loaded.model.encode_image(batch).embeds for batch in loaded._images([str(f) for f in files])]
+    tokens = [loaded.model.encode_image(image_batch(files[start:start + batch_size], loaded.transform)).embeds
+              for start in range(0, len(files), batch_size)]
     return token_spread(torch.cat(tokens))
 
 

@@ -10,8 +10,9 @@ patched into the library classes first, in this process only:
 - ``word-swap-negatives``: ITM gets one more negative pair per image, the image with a caption of
   its own record in which one word is swapped for its opposite (left/right, above/below,
   top/bottom, small/large, a count one off), so the pair is false only in a position, a relation,
-  a size or a count: the hypothesis kinds SNLI-VE's fine-tuning reads at chance. The ITM prior
-  becomes 1 match : 3 non-matches (loss 0.562).
+  a size or a count: the hypothesis kinds SNLI-VE's fine-tuning reads at chance (a record none of
+  whose captions has such a word gets "nothing"). The ITM prior becomes 1 match : 3 non-matches
+  (loss 0.562). The README's row was measured with the 4B pairs in one fusion call, the same loss.
 - ``cross-attention-from-self``: each fusion layer's freshly initialised cross-attention starts as
   a copy of the same layer's pretrained self-attention (the shapes agree when the image width
   equals the text width, as in the small preset), instead of BERT's random initialisation.
@@ -33,7 +34,6 @@ from albef_struct.data import collate
 from albef_struct.data.datasets import image_text
 from albef_struct.data.text import pre_caption
 from albef_struct.lit import alignment, pretrain
-from albef_struct.losses import itm_loss, sample_hard_negatives
 
 OPPOSITES = {"left": "right", "right": "left", "above": "below", "below": "above", "top": "bottom",
              "bottom": "top", "small": "large", "large": "small", "one": "two", "two": "three",
@@ -56,6 +56,7 @@ def patch_word_swap_negatives() -> None:
     item = image_text.PretrainDataset.item
     call = collate.ImageTextCollate.__call__
     losses = pretrain.PretrainModule.pretrain_losses
+    itm = alignment.AlignmentMixin.itm
 
     def item_with_negative(self, index: int) -> dict[str, Any]:
         out = item(self, index)
@@ -81,31 +82,24 @@ def patch_word_swap_negatives() -> None:
         self._negative_batch = batch
         return losses(self, batch, alpha)
 
-    def itm(self, image, text, mask, sim_i2t, sim_t2i, image_ids=None) -> torch.Tensor:
-        uniform = self.global_step < self.itm_uniform_negative_steps
-        neg_text, neg_image = sample_hard_negatives(sim_i2t, sim_t2i, image_ids, uniform=uniform)
-        batch = mask.shape[0]
-        own = torch.arange(batch, device=mask.device)
-        texts, masks = [text.embeds, text.embeds, text.embeds[neg_text]], [mask, mask, mask[neg_text]]
-        image_index = [own, neg_image, own]
+    def itm_with_swapped_pairs(self, image, text, mask, sim_i2t, sim_t2i, image_ids=None) -> torch.Tensor:
+        """ALBEF's ITM over B matched and 2B in-batch pairs, with B (image, its swapped caption) non-matches
+        added: the mean over 4B pairs is (3 x ALBEF's mean + the swapped pairs' mean) / 4."""
+        loss = itm(self, image, text, mask, sim_i2t, sim_t2i, image_ids)
         extra = getattr(self, "_negative_batch", None)
-        if self.training and extra is not None and "negative_ids" in extra:
-            negative = self.model.encode_text(extra["negative_ids"], extra["negative_mask"])
-            texts.append(negative.embeds)
-            masks.append(extra["negative_mask"])
-            image_index.append(own)
-        width = max(m.shape[1] for m in masks)
-        texts = torch.cat([F.pad(t, (0, 0, 0, width - t.shape[1])) for t in texts])
-        masks = torch.cat([F.pad(m, (0, width - m.shape[1])) for m in masks])
-        fused = self.model.fuse(texts, masks, image.embeds, first_token_only=self.itm_first_token_only,
-                                image_index=torch.cat(image_index))
-        logits = self.model.itm_logits(fused)
-        return itm_loss(logits[:batch], logits[batch:])
+        if not (self.training and extra is not None and "negative_ids" in extra):
+            return loss
+        negative = self.model.encode_text(extra["negative_ids"], extra["negative_mask"])
+        fused = self.model.fuse(negative.embeds, extra["negative_mask"], image.embeds,
+                                first_token_only=self.itm_first_token_only)
+        logits = self.model.itm_logits(fused).float()
+        swapped = F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
+        return (3 * loss + swapped) / 4
 
     image_text.PretrainDataset.item = item_with_negative
     collate.ImageTextCollate.__call__ = call_with_negative
     pretrain.PretrainModule.pretrain_losses = losses_seeing_batch
-    alignment.AlignmentMixin.itm = itm
+    alignment.AlignmentMixin.itm = itm_with_swapped_pairs
 
 
 def patch_cross_attention_from_self() -> None:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from albef_struct import inference
 from experiments.image_token_spread import main, token_spread
@@ -34,7 +35,8 @@ def test_the_command_reports_each_checkpoint_on_the_same_images(pretrain_ckpt, d
     assert len(written["images"]) == 5
     loaded = inference.load(pretrain_ckpt)
     with torch.no_grad():
-        tokens = torch.cat([loaded.model.encode_image(b).embeds for b in loaded._images(written["images"])])
+        images = torch.stack([loaded.transform(Image.open(path).convert("RGB")) for path in written["images"]])
+        tokens = loaded.model.encode_image(images).embeds
     assert written["results"][str(pretrain_ckpt)] == pytest.approx(token_spread(tokens))
     assert 0.0 < written["results"][str(pretrain_ckpt)]["ratio"] < 1.5  # random weights: distinct images differ
 

@@ -11,7 +11,6 @@ from albef_struct.data import collate
 from albef_struct.data.datasets import image_text
 from albef_struct.data.tokenizer import ALBEFTokenizer
 from albef_struct.lit import alignment, pretrain
-from albef_struct.losses import itm_loss
 from experiments import quick_pretrain_variants as variants
 from tests.test_fast_paths import make_batch, make_module
 
@@ -53,7 +52,7 @@ def test_word_swap_negatives_add_one_non_matching_pair_per_image_and_change_noth
     torch.manual_seed(3)  # the same in-batch negatives as the plain loss
     patched = module.itm(enc.image, enc.text, mask, sims.detach(), sims.T.detach())
     hook.remove()
-    assert rows == [16]  # B matched, 2B in-batch negatives, B word-swapped negatives
+    assert rows == [12, 4]  # ALBEF's B matched and 2B in-batch pairs, then the B word-swapped negatives
 
     text = module.model.encode_text(negative["input_ids"], negative["attention_mask"])
     fused = module.model.fuse(text.embeds, negative["attention_mask"], enc.image.embeds, first_token_only=True)
