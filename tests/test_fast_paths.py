@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from albef_struct.lit.base import fused_adamw_fits
 from albef_struct.lit.compile import ENCODERS, CompileEncoders, compile_encoders
 from albef_struct.lit.pretrain import PretrainModule
 from albef_struct.lit.schedule import OptimConfig
@@ -327,7 +328,7 @@ def test_fused_adamw_matches_unfused():
     gradients are zero up to rounding (attention key biases), and Adam turns a
     rounding-level difference there into an lr-sized one (``lr * g / eps``).
     """
-    optim = OptimConfig(lr=1e-3, warmup_steps=0)
+    optim = OptimConfig(lr=1e-3, warmup_steps=0, fused=False)
     plain = make_module(optim=optim)
     fused = copy.deepcopy(plain)
     fused.optim = replace(optim, fused=True)  # OptimConfig(fused=True): supported on CPU by this torch
@@ -345,6 +346,16 @@ def test_fused_adamw_matches_unfused():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=lambda m, n=name: f"{n}: {m}")
     start = make_module(optim=optim)
     assert not torch.equal(start.model.itm_head.weight, fused.model.itm_head.weight)  # the steps did move weights
+
+
+def test_fused_adamw_is_the_default_where_it_takes_every_parameter():
+    """``optim.fused: null`` picks the fused kernel for plain CPU parameters; false keeps torch's loop."""
+    assert optimizer_for(make_module(optim=OptimConfig())).defaults["fused"] is True
+    assert not optimizer_for(make_module(optim=OptimConfig(fused=False))).defaults.get("fused")
+    param = torch.nn.Parameter(torch.zeros(2))
+    assert fused_adamw_fits([{"params": [param]}])
+    assert not fused_adamw_fits([{"params": []}])
+    assert not fused_adamw_fits([{"params": [param, torch.nn.Parameter(torch.zeros(2, device="meta"))]}])
 
 
 # --- bf16 autocast ----------------------------------------------------------------------------------

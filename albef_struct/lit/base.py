@@ -8,11 +8,27 @@ from collections.abc import Iterator, Mapping
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from albef_struct.lit import sharding
 from albef_struct.lit.reliability.nonfinite_guard import observe_losses
 from albef_struct.lit.reliability.state_shapes import check_state_shapes
 from albef_struct.lit.schedule import OptimConfig, WarmupCosine, ramped_alpha
+
+
+def fused_adamw_fits(groups: list[dict]) -> bool:
+    """Whether torch's fused AdamW kernel takes every parameter of ``groups``: plain floating tensors on
+    one CPU or CUDA device. ``optim.fused: null`` uses it then: on a CPU, torch's own default (one
+    tensor at a time) took 336 ms a step for 61M parameters here, the fused kernel 28 ms. Sharded
+    (DTensor) parameters keep torch's own choice."""
+    params = [p for group in groups for p in group["params"]]
+    devices = {p.device.type for p in params}
+    return (
+        bool(params)
+        and len(devices) == 1
+        and devices <= {"cpu", "cuda"}
+        and all(p.is_floating_point() and not isinstance(p, DTensor) for p in params)
+    )
 
 
 def decay_groups(
@@ -125,8 +141,11 @@ class ALBEFLitBase(pl.LightningModule):
         groups = decay_groups(self.named_parameters(), self.optim.weight_decay, self.no_decay_prefixes,
                               self.optim.lr_scale, self.optim.lr)
         kwargs = {"lr": self.optim.lr, "betas": tuple(self.optim.betas), "eps": self.optim.eps}
-        if self.optim.fused is not None:
-            kwargs["fused"] = self.optim.fused
+        fused = fused_adamw_fits(groups) if self.optim.fused is None else self.optim.fused
+        if fused:
+            kwargs["fused"] = True
+        elif self.optim.fused is False:
+            kwargs["fused"] = False
         optimizer = torch.optim.AdamW(groups, **kwargs)
         # The run's length is set in on_train_start (step 0 does not depend on it): reading
         # trainer.estimated_stepping_batches here would build the training loader before a

@@ -30,7 +30,7 @@ class OptimConfig:
     cosine: Literal["epoch", "step"] = "epoch"
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    fused: bool | None = None  # fused AdamW kernel (None: torch's default choice)
+    fused: bool | None = None  # fused AdamW kernel (None: where it takes every parameter, see lit/base.py fused_adamw_fits)
     lr_scale: dict[str, float] = field(default_factory=dict)  # parameter-name substring -> lr factor
     freeze: list[str] = field(default_factory=list)  # parameter-name substrings kept fixed
 
