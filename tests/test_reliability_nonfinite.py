@@ -26,6 +26,7 @@ from albef_struct.lit.reliability import (
     NonFiniteGuard,
     NonFiniteLossError,
 )
+from albef_struct.lit.reliability.nonfinite import finite_flags, nonfinite_tensors
 from albef_struct.data_prep.demo_data import generate
 from tests.reliability_helpers import TINY_ARCH, one_thread, tiny_config, write_config  # noqa: F401
 
@@ -235,3 +236,18 @@ def test_cli_rejects_an_unknown_nonfinite_mode(tmp_path, demo_dir, capsys):
         main(["fit", "--config", str(cli_config(tmp_path, demo_dir, "ignore"))])
     assert info.value.code != 0
     assert "on_nonfinite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_finite_flags_are_exact_when_a_sum_overflows(dtype):
+    """The quick check sums each tensor; a sum that overflows on finite values must still read finite."""
+    big = torch.finfo(dtype).max
+    tensors = [
+        torch.full((8,), big, dtype=dtype),  # finite, but its sum is Inf
+        torch.tensor([1.0, float("nan"), 2.0], dtype=dtype),
+        torch.tensor([float("inf"), -float("inf")], dtype=dtype),  # the sum is NaN
+        torch.tensor([-float("inf"), 0.0], dtype=dtype),
+        torch.randn(5, 3).to(dtype),
+    ]
+    assert finite_flags(tensors) == [True, False, False, False, True]
+    assert nonfinite_tensors({f"t{i}": t for i, t in enumerate(tensors)}) == {"t1": "NaN", "t2": "Inf", "t3": "Inf"}

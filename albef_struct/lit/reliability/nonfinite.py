@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -49,10 +48,17 @@ def finite_flags(tensors: list[torch.Tensor]) -> list[bool]:
         if not isinstance(tensor, DTensor):
             groups.setdefault((tensor.device, tensor.dtype), []).append(i)
     for indices in groups.values():
-        norms = torch._foreach_norm([tensors[i] for i in indices], ord=math.inf)  # max |x|; NaN propagates
-        for i, finite in zip(indices, torch.stack(norms).isfinite().tolist()):
-            flags[i] = finite
+        for i, finite in zip(indices, _finite_sums([tensors[i] for i in indices])):
+            flags[i] = finite or bool(torch.isfinite(tensors[i]).all())  # a non-finite sum may be overflow
     return flags
+
+
+def _finite_sums(tensors: list[torch.Tensor]) -> list[bool]:
+    """Whether each tensor's sum is finite: NaN and Inf always reach the sum, so a finite sum proves the
+    tensor finite; a non-finite one needs the exact check (large finite values can overflow). One vectorised
+    pass per tensor: several times quicker on a CPU than ``max |x|`` (``_foreach_norm(ord=inf)``)."""
+    sums = [t.sum(dtype=torch.float32) if t.element_size() < 4 else t.sum() for t in tensors]
+    return torch.stack(sums).isfinite().tolist()
 
 
 def _floating(items: Iterable[tuple[str, Any]]) -> list[tuple[str, torch.Tensor]]:
