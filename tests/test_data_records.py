@@ -179,6 +179,16 @@ def test_resolve_image_path_rules(tmp_path):
     assert resolve_image_path("a.jpg", None, source=str(ann), record_index=0) == (tmp_path / "ann" / "a.jpg").resolve()
 
 
+def test_a_symlinked_folder_inside_the_root_is_not_an_escape(tmp_path):
+    """Datasets are often linked in (images -> /mnt/big/images): only ``..`` leaves the root."""
+    root, elsewhere = tmp_path / "root", tmp_path / "big" / "images"
+    root.mkdir()
+    elsewhere.mkdir(parents=True)
+    (root / "images").symlink_to(elsewhere)
+    found = resolve_image_path("images/./x/../a.jpg", str(root), source="f.json", record_index=0)
+    assert found == root.resolve() / "images" / "a.jpg"
+
+
 def test_path_escaping_root_is_an_error(tmp_path, root):
     with pytest.raises(BadRecordError) as info:
         resolve_image_path("../../etc/passwd", str(root), source="f.json", record_index=3, field="images[0]")
