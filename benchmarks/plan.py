@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmarks.against_plain import reference_variant
+
 Row = dict[str, Any]
 
 # Rough wall-clock cost of a row (seconds, incl. the ~4 s process start), as measured with one
@@ -51,14 +53,20 @@ AGAINST_PLAIN = ["plain", "fast", "fast_fused_adamw", "fast_recompute_gelu", "fa
                  "fast_bf16_eager_fused_recompute_gelu_ckpt_fusion", "fast_bf16_ckpt"]
 
 
-def against_plain_plan(size: str = "small", warmup: int = 2, steps: int = 8, heap_steps: int = 2) -> list[Row]:
+def against_plain_plan(size: str = "small", warmup: int = 2, steps: int = 8, heap_steps: int = 2,
+                       variants: list[str] | None = None) -> list[Row]:
     """Issue 24's comparison: every variant in its own process and profiled (the profile runs after
     the timed steps and the memory readings), the plain paths being the references. Eight timed steps:
     with three, two runs of the same row on this shared 2-core machine differed by up to 20 %. After
-    the timing, ``heap_steps`` more steps under a heap sampler (``measure.peak_heap_mb``)."""
+    the timing, ``heap_steps`` more steps under a heap sampler (``measure.peak_heap_mb``). ``variants``
+    keeps those (and the plain path of each one's precision), in the plan's order."""
     cost = COST[size] + 3 * (warmup + steps + heap_steps)
+    chosen = AGAINST_PLAIN
+    if variants:
+        wanted = set(variants) | {reference_variant(v) for v in variants}
+        chosen = [v for v in AGAINST_PLAIN if v in wanted]
     return [step_row("pretrain", size, v, profile=True, warmup=warmup, steps=steps, heap_steps=heap_steps, cost=cost)
-            for v in AGAINST_PLAIN]
+            for v in chosen]
 
 
 def full_plan(compile_small: bool = False) -> list[Row]:

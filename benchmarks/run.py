@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from albef_struct.lit.cpu_precision import has_native_bf16
 from albef_struct.metrics.report import format_table, write_json
 from benchmarks import plan
 from benchmarks.against_plain import compare_to_plain, comparison_table
@@ -46,7 +47,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--against-plain", action="store_true",
                         help="only issue 24's comparison: each small pretraining variant, profiled, against the plain "
                              "path of its precision (about 7 minutes; against_plain.json)")
-    return parser.parse_args(argv)
+    parser.add_argument("--variants", nargs="+", metavar="NAME",
+                        help="with --against-plain: only these variants (their plain references are added), e.g. "
+                             "fast_fused_adamw; the names are those of benchmarks/plan.py AGAINST_PLAIN")
+    args = parser.parse_args(argv)
+    if args.variants and not args.against_plain:
+        parser.error("--variants selects rows of --against-plain; add --against-plain")
+    unknown = sorted(set(args.variants or ()) - set(plan.AGAINST_PLAIN))
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; known: {', '.join(plan.AGAINST_PLAIN)}")
+    return args
 
 
 def choose_threads(requested: int) -> tuple[int, str]:
@@ -80,7 +90,17 @@ def run_worker(row: dict[str, Any], threads: int, timeout: float) -> dict[str, A
     return result
 
 
-def skip_reason(row: dict[str, Any]) -> str | None:
+#: why bf16 rows are skipped on a CPU without bf16 instructions (measured on an AVX2-only AMD EPYC, 2 threads:
+#: the small plain bf16 step did not finish 12 steps in 548 s, where fp32 takes 3.1 s a step)
+EMULATED_BF16 = ("this CPU has no bf16 instructions (AVX512-BF16 or AMX), so bf16 autocast is emulated and "
+                 "over 10x slower than fp32; albef_struct.lit.cpu_precision keeps fp32 here")
+
+
+def skip_reason(row: dict[str, Any], native_bf16: bool | None = None) -> str | None:
+    """Why ``row`` cannot run here, or None. ``native_bf16`` defaults to what this CPU has."""
+    variants = row.get("variants") or [row.get("variant", "")]
+    if any("bf16" in v for v in variants) and not (has_native_bf16() if native_bf16 is None else native_bf16):
+        return EMULATED_BF16
     if row["kind"] == "step" and row["workload"] != "pretrain":
         from benchmarks.workloads import task_missing
 
@@ -202,7 +222,8 @@ def print_tables(steps: list[dict], reranks: list[dict], memory: list[dict], ski
             print(f"\nProfile of one {r['workload']} {r['size']} {r['variant']} step (top ops by self CPU time)")
             print(format_table(("op", "self CPU ms", "%", "calls"), [
                 (o["op"][:50], f"{o['self_cpu_ms']:.1f}", f"{o['self_cpu_pct']:.1f}", o["calls"]) for o in r["profile_top_ops"]]))
-    print("\nPeak GEMM rate (2048^3 matmuls, best of 5, start/end of the run): "
+    print("\nPeak GEMM rate (n^3 matmuls, n = 2048, for bf16 512 on a CPU without bf16 instructions; best of 5, "
+          "start/end of the run): "
           + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()))
     if skipped:
         print("\nSkipped:")
@@ -211,7 +232,10 @@ def print_tables(steps: list[dict], reranks: list[dict], memory: list[dict], ski
 
 
 def measure_peaks() -> dict[str, dict[str, float]]:
-    return {name: gemm_peak(2048, dtype) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    """fp32 and bf16 GEMM peaks; without bf16 instructions the bf16 one is measured at n = 512 (at 2048 its
+    emulated products took minutes) and only shows how slow bf16 is there."""
+    bf16_n = 2048 if has_native_bf16() else 512
+    return {"fp32": gemm_peak(2048, torch.float32), "bf16": gemm_peak(bf16_n, torch.bfloat16)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"threads per worker: {why}; budget {budget:.0f} s; device: CPU ({platform.processor() or platform.machine()})")
     peaks_start = measure_peaks()
     if args.against_plain:
-        rows = plan.against_plain_plan()
+        rows = plan.against_plain_plan(variants=args.variants)
     else:
         rows = plan.quick_plan() if args.quick else plan.full_plan(compile_small=args.compile_small)
     results: list[dict[str, Any]] = []

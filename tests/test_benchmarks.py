@@ -123,6 +123,32 @@ def test_the_against_plain_plan_times_each_variant_and_its_reference_profiled():
     assert VARIANTS["fast_bf16_ckpt"].checkpointing and VARIANTS["fast_bf16_ckpt"].precision == "bf16"
 
 
+def test_a_chosen_variant_brings_its_own_reference_and_unknown_names_are_refused(capsys):
+    from benchmarks.plan import against_plain_plan
+    from benchmarks.run import parse_args
+
+    chosen = against_plain_plan(variants=["fast_fused_adamw", "fast_bf16_eager_fused"])
+    assert [r["variant"] for r in chosen] == ["plain", "fast_fused_adamw", "plain_bf16", "fast_bf16_eager_fused"]
+    assert parse_args(["--against-plain", "--variants", "fast"]).variants == ["fast"]
+    for argv, said in ((["--against-plain", "--variants", "fastest"], "unknown variant(s) ['fastest']"),
+                       (["--variants", "fast"], "add --against-plain")):
+        with pytest.raises(SystemExit):
+            parse_args(argv)
+        assert said in capsys.readouterr().err
+
+
+def test_bf16_rows_are_skipped_with_the_reason_on_a_cpu_without_bf16_instructions():
+    from benchmarks.plan import against_plain_plan
+    from benchmarks.run import EMULATED_BF16, skip_reason
+
+    rows = {r["variant"]: r for r in against_plain_plan(variants=["fast", "fast_bf16"])}
+    assert skip_reason(rows["plain_bf16"], native_bf16=False) == EMULATED_BF16
+    assert skip_reason(rows["fast_bf16"], native_bf16=True) is None
+    assert skip_reason(rows["fast"], native_bf16=False) is None
+    interleaved = {"kind": "ab", "size": "small", "variants": ["fast", "fast_bf16"]}
+    assert skip_reason(interleaved, native_bf16=False) == EMULATED_BF16
+
+
 @pytest.mark.slow
 def test_sharding_benchmark_halves_what_each_of_two_ranks_holds(tmp_path):
     """DDP then FSDP on 2 CPU processes at the tiny size: FSDP's rank holds half the parameters, gradients and
