@@ -1,4 +1,4 @@
-"""Finding NaN and Inf: in a state dict's tensors or a step's loss terms, one reduction per device and dtype."""
+"""Finding NaN and Inf: in a state dict's tensors or a step's loss terms, one sum per tensor and one read-back per device and dtype."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def _sharded_flags(shards: list[torch.Tensor]) -> list[bool]:
 
 
 def finite_flags(tensors: list[torch.Tensor]) -> list[bool]:
-    """Whether each (non-empty, floating) tensor is all finite; one reduction per device and dtype.
+    """Whether each (non-empty, floating) tensor is all finite: one sum per tensor, read back once per device and dtype.
 
     Sharded tensors (``DTensor``) are checked shard by shard with one all-reduce, so every rank
     returns the same flags (and must call this alike).

@@ -93,7 +93,7 @@ class NonFiniteGuard(Callback):
     Args:
         on_nonfinite: ``"error"`` or ``"skip"``.
         check_grads: also check every gradient (catches a finite loss with an
-            Inf gradient); one reduction over the gradients per step. Not done
+            Inf gradient); one sum per gradient tensor per step. Not done
             under 16-bit mixed precision, whose gradient scaler skips such steps itself.
         restore_state: in skip mode, snapshot buffers and frozen parameters
             before each step (memory: one copy of the teacher and the queues).
