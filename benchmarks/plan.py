@@ -47,9 +47,10 @@ TINY_AB = ["plain", "fast", "fast_bf16", "fast_eager", "fast_ckpt", "fast_fused_
 SMALL_AB = ["plain", "fast", "fast_bf16", "fast_eager", "fast_ckpt"]
 
 
-AGAINST_PLAIN = ["plain", "fast", "fast_fused_adamw", "fast_recompute_gelu", "fast_fused_adamw_recompute_gelu",
+AGAINST_PLAIN = ["plain", "fast", "fast_torch_dropout", "fast_fused_adamw", "fast_recompute_gelu", "fast_fused_adamw_recompute_gelu",
                  "fast_fused_adamw_recompute_gelu_ckpt_fusion", "fast_fused_adamw_recompute_gelu_ckpt_vision", "fast_ckpt",
-                 "plain_bf16", "fast_bf16", "fast_bf16_eager", "fast_bf16_eager_fused", "fast_bf16_eager_fused_recompute_gelu",
+                 "plain_bf16", "fast_bf16", "fast_bf16_eager", "fast_bf16_eager_fused", "fast_bf16_eager_fused_torch_dropout",
+                 "fast_bf16_eager_fused_recompute_gelu",
                  "fast_bf16_eager_fused_recompute_gelu_ckpt_fusion", "fast_bf16_ckpt"]
 
 

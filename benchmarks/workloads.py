@@ -40,6 +40,7 @@ class Variant:
     queue_in_place: bool = True  # PretrainModule.itc_queue_in_place
     itm_first_token: bool = True  # PretrainModule.itm_first_token_only
     itc_fp32_logits: bool = True  # InfoNCEQueueLoss.fp32_logits (``contrastive_args``)
+    compact_dropout: bool = True  # arch.compact_dropout (one-byte masks, quicker draws on CPU)
 
     def describe(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,13 +51,15 @@ VARIANTS: dict[str, Variant] = {
     for v in (
         Variant(
             "plain", attention="eager", single_itm=False, masked_mlm=False, queue_in_place=False, itm_first_token=False,
-            itc_fp32_logits=False,
+            itc_fp32_logits=False, compact_dropout=False,
         ),
         Variant("fast"),
+        Variant("fast_torch_dropout", compact_dropout=False),
         Variant("fast_bf16", precision="bf16"),
         Variant("fast_bf16_ckpt", precision="bf16", checkpointing=True),
         Variant("fast_bf16_eager", precision="bf16", attention="eager"),
         Variant("fast_bf16_eager_fused", precision="bf16", attention="eager", fused_adamw=True),
+        Variant("fast_bf16_eager_fused_torch_dropout", precision="bf16", attention="eager", fused_adamw=True, compact_dropout=False),
         Variant("fast_eager", attention="eager"),
         Variant("fast_ckpt", checkpointing=True),
         Variant("fast_fused_adamw", fused_adamw=True),
@@ -73,7 +76,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("fast_bf16_compile", precision="bf16", compile=True),
         Variant(
             "plain_bf16", precision="bf16", attention="eager", single_itm=False, masked_mlm=False, queue_in_place=False,
-            itm_first_token=False, itc_fp32_logits=False,
+            itm_first_token=False, itc_fp32_logits=False, compact_dropout=False,
         ),
     )
 }
@@ -181,7 +184,7 @@ def pretrain_workload(
     module = PretrainModule(
         arch=size.arch(
             mlm_head=True, attention=variant.attention, grad_checkpointing=variant.checkpointing,
-            recompute_gelu=variant.recompute_gelu,
+            recompute_gelu=variant.recompute_gelu, compact_dropout=variant.compact_dropout,
         ),
         queue_size=queue_size,
         contrastive=contrastive,

@@ -12,7 +12,7 @@ from albef_struct import inference
 from albef_struct.cli import main
 from albef_struct.inference.gradcam import box_scores, default_layer, itm_gradcam
 from albef_struct.models import ALBEF
-from albef_struct.models.text import additive_mask
+from albef_struct.models.text import additive_mask, bert_attention
 from tests.conftest import tiny_config
 
 
@@ -67,7 +67,7 @@ def test_gradcam_is_the_gradient_weighted_cross_attention(layer):
     torch.testing.assert_close(cam.token_maps, expected, rtol=1e-4, atol=1e-9)
     torch.testing.assert_close(cam.score, logit.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(cam.text_map[1], expected[1, :4].mean(0), rtol=1e-4, atol=1e-9)
-    assert model.fusion_encoder.layer[0].crossattention.self.config._attn_implementation == model.config.attention
+    assert bert_attention(model.fusion_encoder.layer[0]) == model.config.attention
     assert default_layer(model) == 2 and not model.training
 
 

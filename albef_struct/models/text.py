@@ -29,6 +29,8 @@ from transformers.models.bert.modeling_bert import (
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from albef_struct.models.compact_dropout import EAGER_MODULE_DROPOUT
+
 # ALBEF's additive mask value for padded positions (exp(-1e4) underflows to 0 in fp32).
 MASK_VALUE = -10000.0
 
@@ -78,7 +80,7 @@ class TextConfig:
             hidden_act=self.hidden_act,
             pad_token_id=self.pad_token_id,
         )
-        config._attn_implementation = attention
+        config._attn_implementation = EAGER_MODULE_DROPOUT if attention == "eager" else attention
         return config
 
 
@@ -317,12 +319,24 @@ class AnswerDecoder(_LayerStack):
 
 
 def set_bert_attention(module: nn.Module, implementation: str) -> None:
-    """Switch every BERT attention block under ``module`` to ``"sdpa"`` or ``"eager"``."""
+    """Switch every BERT attention block under ``module`` to ``"sdpa"`` or ``"eager"`` (eager: BERT's
+    eager attention whose probability dropout is the block's own dropout module, see
+    :data:`~albef_struct.models.compact_dropout.EAGER_MODULE_DROPOUT`)."""
     if implementation not in ("sdpa", "eager"):
         raise ValueError(f"attention must be 'sdpa' or 'eager', got {implementation!r}")
+    name = EAGER_MODULE_DROPOUT if implementation == "eager" else implementation
     for sub in module.modules():
         if isinstance(sub, (BertSelfAttention, BertCrossAttention)):
-            sub.config._attn_implementation = implementation
+            sub.config._attn_implementation = name
+
+
+def bert_attention(module: nn.Module) -> str:
+    """``"sdpa"`` or ``"eager"``: what :func:`set_bert_attention` last set on ``module``'s BERT blocks."""
+    for sub in module.modules():
+        if isinstance(sub, (BertSelfAttention, BertCrossAttention)):
+            name = sub.config._attn_implementation
+            return "eager" if name == EAGER_MODULE_DROPOUT else name
+    raise ValueError(f"{type(module).__name__} has no BERT attention block")
 
 
 def apply_to_stacks(module: nn.Module, fn: Callable[[_LayerStack], None]) -> None:
