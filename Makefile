@@ -93,25 +93,21 @@ demo: $(STAMP) $(DINOV2)
 	$(CLI) cache-images --arch configs/model/small_arch.yaml --img-size $(QUICK_RES) --frozen-blocks 8 --images data/demo/grounding \
 		--out $(QUICK_GROUNDING_CACHE)
 	$(call STAGE,3/8 pretraining + zero-shot retrieval / classification + grounding fine-tuned)
-	$(CLI) fit --config configs/demo/pretrain_small.yaml $(call QUICK,pretrain)
-	$(CLI) test --config configs/demo/pretrain_small.yaml $(call QUICK,pretrain) --verbose false \
-		--ckpt_path runs/demo_quick/pretrain/checkpoints/last.ckpt
+	$(CLI) fit --config configs/demo/pretrain_small.yaml $(call QUICK,pretrain) \
+		--test_after_fit runs/demo_quick/pretrain/checkpoints/last.ckpt
 	$(call CLASSIFY,runs/demo_quick/pretrain/checkpoints/last.ckpt,shape,$(SHAPE_PROMPTS),runs/demo_quick)
 	$(call CLASSIFY,runs/demo_quick/pretrain/checkpoints/last.ckpt,colour,$(COLOUR_PROMPTS),runs/demo_quick)
-	$(CLI) fit --config configs/demo/grounding.yaml $(call QUICK,grounding)
-	$(CLI) test --config configs/demo/grounding.yaml $(call QUICK,grounding) --verbose false \
-		--data.init_args.image_cache null --model.init_args.init_from runs/demo_quick/grounding/checkpoints/last.ckpt
+	$(CLI) fit --config configs/demo/grounding.yaml $(call QUICK,grounding) \
+		--test_after_fit runs/demo_quick/grounding/checkpoints/last.ckpt
 	set -e; n=4; for task in $(DEMO_TASKS); do \
 		echo "[make demo $$(date +%T)] $$n/8 $$task"; n=$$((n+1)); \
-		$(CLI) fit --config configs/demo/$$task.yaml $(call QUICK,$$task); \
-		$(CLI) test --config configs/demo/$$task.yaml $(call QUICK,$$task) --verbose false \
-			--ckpt_path runs/demo_quick/$$task/checkpoints/best.ckpt; \
+		$(CLI) fit --config configs/demo/$$task.yaml $(call QUICK,$$task) \
+			--test_after_fit runs/demo_quick/$$task/checkpoints/best.ckpt; \
 	done
 	$(call STAGE,7/8 NLVR2: text assignment then NLVR2)
 	$(CLI) fit --config configs/demo/nlvr_pretrain.yaml $(call QUICK,nlvr_pretrain)
-	$(CLI) fit --config configs/demo/nlvr.yaml $(call QUICK,nlvr)
-	$(CLI) test --config configs/demo/nlvr.yaml $(call QUICK,nlvr) --verbose false \
-		--ckpt_path runs/demo_quick/nlvr/checkpoints/best.ckpt
+	$(CLI) fit --config configs/demo/nlvr.yaml $(call QUICK,nlvr) \
+		--test_after_fit runs/demo_quick/nlvr/checkpoints/best.ckpt
 	$(call STAGE,8/8 the closing table)
 	$(PY) -m albef_struct.demo_summary --runs runs/demo_quick --pretrain-run runs/demo_quick/pretrain
 

@@ -8,7 +8,7 @@ import inspect
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Optional
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
@@ -174,6 +174,10 @@ class ALBEFCLI(LightningCLI):
         from albef_struct.lit.reliability import NonFiniteGuard
 
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
+        parser.add_argument(
+            "--test_after_fit", type=Optional[str], default=None,
+            help="fit only: when fitting ends, test in the same process on this checkpoint, 'best', 'last' or a "
+                 "path (what `test --ckpt_path` would test, without starting a process and rebuilding the model)")
         # the image size is the model's: the DataModule's transforms follow it (said once, in the model)
         parser.link_arguments(("model", "data"), "data.init_args.image_res", compute_fn=linked_image_res,
                               apply_on="parse")
@@ -243,6 +247,12 @@ class ALBEFCLI(LightningCLI):
             for line in keep_requested_settings(requested, self.config[subcommand]["model"]):
                 print(line)
 
+    def after_fit(self) -> None:
+        """``--test_after_fit CKPT``: the test subcommand's run on that checkpoint, with this trainer and data."""
+        ckpt = self.config["fit"].get("test_after_fit")
+        if ckpt:
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+
     def before_instantiate_classes(self) -> None:
         """With ``--ckpt_path`` the weights come from that checkpoint: skip ``init_from``,
         ``text_init`` and the image encoder's pretrained weights.
@@ -251,6 +261,11 @@ class ALBEFCLI(LightningCLI):
         the run was initialised from.
         """
         config = self.config[self.subcommand] if self.subcommand else self.config  # run=False: no subcommand
+        if self.subcommand not in (None, "fit") and config.get("test_after_fit"):
+            from albef_struct.lit.validation import ConfigError
+
+            raise ConfigError(f"--test_after_fit belongs to fit, not {self.subcommand}: to test a checkpoint, "
+                              "run `albef-struct test --ckpt_path PATH`")
         init_args = config["model"].get("init_args") if config.get("model") else None
         if not config.get("ckpt_path") or init_args is None:
             return

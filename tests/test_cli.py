@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from albef_struct.cli import main
+from albef_struct.lit.validation import ConfigError
 
 pytestmark = pytest.mark.slow
 
@@ -91,6 +92,19 @@ def test_fit_two_steps_then_test_prints_and_writes_retrieval_metrics(tmp_path, d
     assert "model.init_args.k_test stays 2 as configured (the checkpoint's run had 4)" in capsys.readouterr().out
     newest = max((tmp_path / "run").rglob("retrieval_test.json"), key=lambda p: p.stat().st_mtime_ns)
     assert json.loads(newest.read_text())["k_test"] == 2
+
+
+def test_test_after_fit_equals_a_separate_test_of_that_checkpoint(tmp_path, demo_dir, capsys):
+    config = write_config(tmp_path, demo_dir)
+    assert main(["fit", "--config", str(config), "--test_after_fit", "last"]) == 0
+    assert "text->image" in capsys.readouterr().out
+    (in_process,) = (tmp_path / "run").rglob("retrieval_test.json")
+    assert main(["test", "--config", str(config), "--ckpt_path", str(last_checkpoint(tmp_path))]) == 0
+    separate = max((tmp_path / "run").rglob("retrieval_test.json"), key=lambda p: p.stat().st_mtime_ns)
+    assert separate != in_process
+    assert json.loads(in_process.read_text())["metrics"] == json.loads(separate.read_text())["metrics"]
+    with pytest.raises(ConfigError, match="--test_after_fit belongs to fit, not test: to test a checkpoint"):
+        main(["test", "--config", str(config), "--test_after_fit", "last"])
 
 
 def test_fit_resumes_from_a_checkpoint(tmp_path, demo_dir):
