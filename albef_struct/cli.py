@@ -247,6 +247,22 @@ class ALBEFCLI(LightningCLI):
             for line in keep_requested_settings(requested, self.config[subcommand]["model"]):
                 print(line)
 
+    def before_fit(self) -> None:
+        """``--test_after_fit best|last`` needs a ``ModelCheckpoint`` that writes that file: refused before fitting."""
+        ckpt = self.config["fit"].get("test_after_fit")
+        if ckpt not in ("best", "last"):
+            return
+        from pytorch_lightning.callbacks import ModelCheckpoint
+
+        from albef_struct.lit.validation import ConfigError
+
+        writers = [cb for cb in self.trainer.callbacks if isinstance(cb, ModelCheckpoint)
+                   and (cb.save_last if ckpt == "last" else cb.save_top_k != 0)]
+        if not writers:
+            setting = "save_last: true" if ckpt == "last" else "save_top_k other than 0"
+            raise ConfigError(f"--test_after_fit {ckpt}: no ModelCheckpoint in trainer.callbacks writes a {ckpt} "
+                              f"checkpoint; give one {setting}, or name a checkpoint file")
+
     def after_fit(self) -> None:
         """``--test_after_fit CKPT``: the test subcommand's run on that checkpoint, with this trainer and data."""
         ckpt = self.config["fit"].get("test_after_fit")

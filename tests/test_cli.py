@@ -105,6 +105,11 @@ def test_test_after_fit_equals_a_separate_test_of_that_checkpoint(tmp_path, demo
     assert json.loads(in_process.read_text())["metrics"] == json.loads(separate.read_text())["metrics"]
     with pytest.raises(ConfigError, match="--test_after_fit belongs to fit, not test: to test a checkpoint"):
         main(["test", "--config", str(config), "--test_after_fit", "last"])
+    # the fit's ModelCheckpoint keeps no best checkpoint (save_top_k 0): refused before any step
+    with pytest.raises(ConfigError, match="--test_after_fit best: no ModelCheckpoint in trainer.callbacks writes a best"):
+        main(["fit", "--config", str(config), "--test_after_fit", "best", "--trainer.default_root_dir",
+              str(tmp_path / "refused"), "--trainer.callbacks.init_args.save_top_k", "0"])
+    assert not (tmp_path / "refused").exists()
 
 
 def test_fit_resumes_from_a_checkpoint(tmp_path, demo_dir):
