@@ -144,3 +144,18 @@ def test_eager_blocks_drop_attention_probabilities_through_their_modules():
     assert drops == [torch.Size([2, 2, 6, 5])] * len(model.fusion_encoder.layer)
     model.set_attention("sdpa")
     assert bert_attention(model) == "sdpa"
+
+
+def test_compiled_encoders_train_with_dropout_in_one_graph():
+    """Under torch.compile, dropout is torch's (the compiler traces no Tensor.random_): fullgraph holds."""
+    from albef_struct.lit.compile import compile_encoders
+
+    torch.manual_seed(0)
+    model = ALBEF(tiny_config()).train()
+    compile_encoders(model, backend="aot_eager", fullgraph=True, encoders=("text_encoder",))
+    ids = torch.randint(1000, 2000, (2, 6))
+    first = model.encode_text(ids, torch.ones_like(ids)).embeds
+    second = model.encode_text(ids, torch.ones_like(ids)).embeds
+    assert not torch.equal(first, second)  # dropout is on
+    second.sum().backward()
+    assert model.text_encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0

@@ -7,8 +7,9 @@ comparing uniform integer draws with a threshold (``random_`` on int32 took 13 m
 elements where ``bernoulli_`` with a scalar probability took 29; 2 threads, AMD EPYC), keeps it as
 ``bool`` (one byte per element) and multiplies by the mask, then by the scale. What differs from
 torch's dropout is the random stream, and under bf16 the rounding (the scale is a Python float
-here, a bf16 value in torch's mask). Evaluation and ``p = 0`` are untouched, and on CUDA it calls
-torch's fused kernel, which already keeps a one-byte mask. In a pretraining step this is worth
+here, a bf16 value in torch's mask). Evaluation and ``p = 0`` are untouched; on CUDA it calls
+torch's fused kernel, which already keeps a one-byte mask, and under ``torch.compile`` torch's
+dropout, which the compiler fuses into its own kernels. In a pretraining step this is worth
 1-3 % of the time and 12-19 MB of peak heap (README, "Speed, memory and scale").
 
 BERT's eager attention (``transformers``' ``eager_attention_forward``) calls
@@ -65,7 +66,9 @@ def compact_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.T
         raise ValueError(f"dropout probability has to be between 0 and 1, got {p}")
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or p == 1.0:
+    # CUDA's fused kernel keeps a one-byte mask already; torch.compile traces no Tensor.random_ and
+    # generates its own dropout kernel from F.dropout
+    if x.device.type != "cpu" or p == 1.0 or torch.compiler.is_compiling():
         return F.dropout(x, p, training=True)
     keep = keep_mask(x.shape, p, x.device)
     scale = 1.0 / (1.0 - p)
