@@ -159,3 +159,17 @@ def test_compiled_encoders_train_with_dropout_in_one_graph():
     assert not torch.equal(first, second)  # dropout is on
     second.sum().backward()
     assert model.text_encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0
+
+
+def test_activation_checkpointing_recomputes_the_same_masks():
+    """Recomputed blocks draw their dropout masks again from the restored random state: the gradients
+    equal those of the run that kept its activations."""
+    ids = torch.randint(1000, 2000, (2, 6), generator=torch.Generator().manual_seed(1))
+    grads = []
+    for checkpointed in (False, True):
+        torch.manual_seed(0)
+        model = ALBEF(replace(tiny_config(), grad_checkpointing=checkpointed)).train()
+        torch.manual_seed(7)
+        model.encode_text(ids, torch.ones_like(ids)).embeds.square().sum().backward()
+        grads.append(model.text_encoder.layer[0].intermediate.dense.weight.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
