@@ -129,6 +129,13 @@ def test_module_dropout_attention_equals_transformers_eager_with_torch_dropout(t
         assert 0 < (~kept).sum() < kept.sum()
 
 
+def test_module_dropout_attention_refuses_a_block_without_that_dropout():
+    holder = nn.Module()
+    holder.dropout = nn.Dropout(0.1)
+    with pytest.raises(ValueError, match=r"nn.Dropout of p=0.25; Module.dropout is Dropout\(p=0.1"):
+        eager_attention_module_dropout(holder, *attention_inputs(), dropout=0.25)
+
+
 def test_eager_blocks_drop_attention_probabilities_through_their_modules():
     model = ALBEF(replace(tiny_config(), attention="eager"))
     assert bert_attention(model) == "eager"

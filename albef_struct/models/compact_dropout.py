@@ -112,7 +112,8 @@ def eager_attention_module_dropout(
     """BERT's eager attention with the probabilities' dropout done by ``module.dropout`` (see module docstring).
 
     ``dropout`` is what the caller passes (its probability while training, 0 in evaluation); the
-    module's own dropout applies it, so a :class:`CompactDropout` there keeps a one-byte mask."""
+    module's own dropout, of that probability, applies it, so a :class:`CompactDropout` there keeps a
+    one-byte mask."""
     if scaling is None:
         scaling = query.size(-1) ** -0.5
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
@@ -121,8 +122,11 @@ def eager_attention_module_dropout(
     probabilities = F.softmax(scores, dim=-1)
     if dropout > 0.0:
         drop = getattr(module, "dropout", None)
-        probabilities = drop(probabilities) if isinstance(drop, nn.Dropout) and drop.p == dropout \
-            else F.dropout(probabilities, p=dropout, training=True)
+        if not isinstance(drop, nn.Dropout) or drop.p != dropout:
+            raise ValueError(f"attention {EAGER_MODULE_DROPOUT!r} drops the probabilities through the block's own "
+                             f"dropout module, so it must be an nn.Dropout of p={dropout}; "
+                             f"{type(module).__name__}.dropout is {drop!r}")
+        probabilities = drop(probabilities)
     output = torch.matmul(probabilities, value).transpose(1, 2).contiguous()
     return output, probabilities
 
